@@ -65,11 +65,12 @@ def tiny_config(arch: str, vocab_size: int = 320, **overrides):
                   tie_word_embeddings=False)
     if arch == "gpt2":
         cfg = AutoConfig.for_model("gpt2", vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4,
-                                   n_positions=128, n_inner=128)
+                                   n_positions=128, n_inner=128, bos_token_id=0, eos_token_id=0)
     elif arch == "gpt_neox":
         cfg = AutoConfig.for_model("gpt_neox", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                                    num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
-                                   use_parallel_residual=True, tie_word_embeddings=False)
+                                   use_parallel_residual=True, tie_word_embeddings=False,
+                                   bos_token_id=0, eos_token_id=0)
     elif arch in ("gemma", "gemma2"):
         cfg = AutoConfig.for_model(arch, head_dim=16, **common)
     elif arch == "qwen3":
