@@ -269,7 +269,7 @@ def answer_questions(model_name: str, out_path: str | Path, *, questions_path: s
     questions = load_questions(questions_path)
     if limit is not None:
         questions = questions[:limit]
-    model = load_model(model_name, dtype=settings.dtype, device=device)
+    model = load_model(model_name, dtype=getattr(torch, settings.dtype), device=device)
     tokenizer = load_tokenizer(model_name)
     if chat_template is not None:
         path = Path(chat_template)

@@ -127,8 +127,10 @@ def bar_chart(summary: dict, model_a: str, model_b: str, judge: str, path) -> No
     ax.set_yticks(y, labels)
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"share of comparisons  (dot: win rate of {model_a} with 95% bootstrap CI)")
-    ax.set_title(f"{model_a} vs {model_b}, judge: {judge}", fontsize=11)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(rows)), ncol=3, frameon=False)
+    ax.set_title(f"{model_a} vs {model_b}, judge: {judge}", fontsize=11, pad=26)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=9)
+    if len(rows) > 1 + len(summary["per_turn"]):  # separate the overall rows from the categories
+        ax.axhline(y[len(summary["per_turn"])] - 0.5, color="black", lw=0.6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,176 @@
+"""MT-bench answers: two real turns, batching, stopping, FastChat format, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import dytune.eval.mtbench as mtbench
+from dytune.errors import DytuneError
+from dytune.eval.answers import default_questions_path, load_answers, load_questions
+from dytune.eval.mtbench import GenerationSettings, generate_answers, stop_token_ids
+from dytune.testing import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer(chat_template=True)
+
+
+def _settings(**kw):
+    return GenerationSettings(**{"max_new_tokens": 6, "batch_size": 2, **kw})
+
+
+def _force_token(model, token_id):
+    """A copy of `model` whose LM head always predicts `token_id`."""
+    import copy
+
+    forced = copy.deepcopy(model)
+    head = torch.nn.Linear(forced.config.hidden_size, forced.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+        head.bias[token_id] = 10.0
+    forced.lm_head = head
+    return forced
+
+
+def test_turn_two_follows_the_models_own_turn_one(model, tok, questions, tmp_path, monkeypatch):
+    calls = []
+    real = mtbench.generate_batch
+
+    def spy(model_, tok_, prompts, **kw):
+        out = real(model_, tok_, prompts, **kw)
+        calls.append((prompts, out[0]))
+        return out
+
+    monkeypatch.setattr(mtbench, "generate_batch", spy)
+    out = tmp_path / "a.jsonl"
+    generate_answers(model, tok, questions[:2], out, model_id="tiny", settings=_settings())
+    (p1, a1), (p2, a2) = calls  # one batch of two questions: turn 1, then turn 2
+    assert p1[0] == "<|im_start|>user\nWrite a line.<|im_end|>\n<|im_start|>assistant\n"
+    assert p2[0] == (f"<|im_start|>user\nWrite a line.<|im_end|>\n<|im_start|>assistant\n{a1[0]}<|im_end|>\n"
+                     "<|im_start|>user\nNow shorter.<|im_end|>\n<|im_start|>assistant\n")
+    assert a1[1] in p2[1] and "And 3+3?" in p2[1]
+    records = load_answers(out)
+    assert records[1]["choices"][0]["turns"] == [a1[0], a2[0]]
+
+
+def test_batched_greedy_equals_one_at_a_time(model, tok, questions, tmp_path):
+    one = generate_answers(model, tok, questions, tmp_path / "one.jsonl", model_id="m", settings=_settings(batch_size=1))
+    five = generate_answers(model, tok, questions, tmp_path / "five.jsonl", model_id="m",
+                            settings=_settings(batch_size=5))
+    assert one.answered == five.answered == 5
+    a, b = load_answers(tmp_path / "one.jsonl"), load_answers(tmp_path / "five.jsonl")
+    assert [a[q]["choices"][0]["turns"] for q in a] == [b[q]["choices"][0]["turns"] for q in a]
+    assert len({tuple(r["choices"][0]["turns"]) for r in a.values()}) > 1  # not one constant answer
+
+
+def test_stops_at_end_of_turn_and_counts_tokens(model, tok, questions, tmp_path):
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert stop_token_ids(tok, model)[0:1] == [im_end] and 0 in stop_token_ids(tok, model)
+    generate_answers(_force_token(model, im_end), tok, questions[:2], tmp_path / "stop.jsonl", model_id="m",
+                     settings=_settings(max_new_tokens=9))
+    choice = load_answers(tmp_path / "stop.jsonl")[1]["choices"][0]
+    assert choice["turns"] == ["", ""] and choice["gen_tokens"] == [1, 1]
+    word = tok.convert_tokens_to_ids("The")
+    generate_answers(_force_token(model, word), tok, questions[:2], tmp_path / "long.jsonl", model_id="m",
+                     settings=_settings(max_new_tokens=9))
+    choice = load_answers(tmp_path / "long.jsonl")[1]["choices"][0]
+    assert choice["gen_tokens"] == [9, 9] and choice["turns"][0].count("The") == 9
+    assert all(r > 0 for r in choice["tokens_per_s"]) and len(choice["gen_seconds"]) == 2
+
+
+def test_fastchat_format_round_trips(model, tok, questions, tmp_path):
+    out = tmp_path / "model-x.jsonl"
+    generate_answers(model, tok, questions, out, model_id="model-x", settings=_settings())
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question_id"] for r in lines] == [1, 2, 3, 4, 5]
+    for r in lines:
+        assert {"question_id", "answer_id", "model_id", "choices", "tstamp"} <= set(r)
+        assert r["model_id"] == "model-x" and isinstance(r["tstamp"], float)
+        assert r["choices"][0]["index"] == 0 and len(r["choices"][0]["turns"]) == 2
+        assert r["generation"]["max_new_tokens"] == 6 and r["generation"]["do_sample"] is False
+        assert r["generation"]["stop_tokens"] == ["<|im_end|>", "<|endoftext|>"]
+    # read back the way FastChat's llm_judge/common.py::load_model_answers does
+    fastchat = {out.name[:-6]: {rec["question_id"]: rec for rec in lines}}
+    assert fastchat["model-x"][3]["choices"][0]["turns"] == load_answers(out)[3]["choices"][0]["turns"]
+
+
+def test_resume_skips_answered_questions(model, tok, questions, tmp_path):
+    out = tmp_path / "r.jsonl"
+    first = generate_answers(model, tok, questions[:3], out, model_id="m", settings=_settings())
+    assert (first.answered, first.skipped) == (3, 0)
+    before = out.read_text()
+    second = generate_answers(model, tok, questions, out, model_id="m", settings=_settings())
+    assert (second.answered, second.skipped) == (2, 3)
+    assert out.read_text().startswith(before) and len(out.read_text().splitlines()) == 5
+    third = generate_answers(model, tok, questions, out, model_id="m", settings=_settings())
+    assert (third.answered, third.skipped, third.generated_tokens) == (0, 5, 0)
+    with pytest.raises(DytuneError, match=r"other settings \{'max_new_tokens': \(6, 7\)\}"):
+        generate_answers(model, tok, questions, out, model_id="m", settings=_settings(max_new_tokens=7))
+
+
+def test_sampling_is_seeded_and_category_temperatures_apply(model, tok, questions, tmp_path):
+    def run(name, **kw):
+        generate_answers(model, tok, questions, tmp_path / name, model_id="m",
+                         settings=_settings(max_new_tokens=12, **kw))
+        return load_answers(tmp_path / name)
+
+    a = run("s1.jsonl", do_sample=True, temperature=1.0, seed=1)
+    b = run("s2.jsonl", do_sample=True, temperature=1.0, seed=1)
+    c = run("s3.jsonl", do_sample=True, temperature=1.0, seed=2)
+    turns = lambda r: [x["choices"][0]["turns"] for x in r.values()]  # noqa: E731
+    assert turns(a) == turns(b) and turns(a) != turns(c)
+    f = run("fc.jsonl", category_temperatures=True)
+    used = {r["question_id"]: r["generation"]["temperature_used"] for r in f.values()}
+    assert used == {1: 0.7, 2: 0.0, 3: 0.7, 4: 0.0, 5: 0.1}  # writing, math, writing, math, stem
+    greedy = run("g.jsonl")
+    assert [f[q]["choices"][0]["turns"] for q in (2, 4)] == [greedy[q]["choices"][0]["turns"] for q in (2, 4)]
+
+
+def test_clear_errors(model, questions, tmp_path):
+    with pytest.raises(DytuneError, match="has no chat template"):
+        generate_answers(model, tiny_tokenizer(chat_template=False), questions, tmp_path / "x.jsonl", model_id="m")
+    with pytest.raises(DytuneError, match="questions file not found"):
+        load_questions(tmp_path / "missing.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "turns": []}\n')
+    with pytest.raises(DytuneError, match="non-empty list"):
+        load_questions(tmp_path / "bad.jsonl")
+    (tmp_path / "broken.jsonl").write_text('{"question_id": 1, "turns": ["a"]}\n{oops\n')
+    with pytest.raises(DytuneError, match=r"broken.jsonl:2: not valid JSON"):
+        load_questions(tmp_path / "broken.jsonl")
+
+
+def test_prompt_longer_than_context_is_an_error(model, tok, tmp_path):
+    long_q = [{"question_id": 1, "category": "x", "turns": ["The quick brown fox " * 60, "again"]}]
+    with pytest.raises(DytuneError, match="does not fit the model's context of 128 tokens"):
+        generate_answers(model, tok, long_q, tmp_path / "x.jsonl", model_id="m", settings=_settings())
+
+
+def test_default_questions_are_the_wheels_mt_bench():
+    questions = load_questions(default_questions_path())
+    assert len(questions) == 80 and all(len(q["turns"]) == 2 for q in questions)
+    assert {q["category"] for q in questions} == {"writing", "roleplay", "reasoning", "math", "coding",
+                                                   "extraction", "stem", "humanities"}
+
+
+def test_answer_cli_on_a_model_directory(tiny_chat_dir, questions_file, tmp_path, capsys):
+    from dytune.cli import main
+
+    out = tmp_path / "ans.jsonl"
+    args = ["answer", str(tiny_chat_dir), "--questions", str(questions_file), "--out", str(out),
+            "--max-new-tokens", "5", "--batch-size", "3", "--limit", "4", "--model-id", "tiny-dyt"]
+    assert main(args) == 0
+    assert "4 question(s) answered, 0 already there" in capsys.readouterr().out
+    records = load_answers(out)
+    assert sorted(records) == [1, 2, 3, 4] and records[1]["model_id"] == "tiny-dyt"
+    assert main(args) == 0 and "0 question(s) answered, 4 already there" in capsys.readouterr().out
+    assert main(["answer", str(tmp_path / "nope"), "--out", str(out)]) == 2
