@@ -331,7 +331,7 @@ def load_conversations(
     table = _concat(tables)
     if max_samples is not None and table.num_rows > max_samples:
         keep = sorted(random.Random(seed).sample(range(table.num_rows), max_samples))
-        report.subsampled_out = table.num_rows - max_samples
+        report.subsampled_out += table.num_rows - max_samples
         table = table.take(keep)
     report.selected = table.num_rows
     report.turns = _count_turns(table)

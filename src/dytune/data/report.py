@@ -60,7 +60,7 @@ class DataReport:
 
     sources: list[SourceReport] = field(default_factory=list)
     selected: int = 0  # conversations returned by load_conversations (after weights and max_samples)
-    subsampled_out: int = 0  # kept conversations left out by max_samples
+    subsampled_out: int = 0  # kept conversations left out by max_samples or a weight < 1
     repeated: int = 0  # extra copies added by weights > 1
     turns: int = 0  # messages in the returned conversations
     tokenized: dict[str, Any] = field(default_factory=dict)  # examples, tokens, trainable_tokens, ...
@@ -147,7 +147,7 @@ class DataReport:
             lines.append("turn fixes: " + ", ".join(f"{k} {v:,}" for k, v in fixes.items()))
         extra = []
         if self.subsampled_out:
-            extra.append(f"max_samples left out {self.subsampled_out:,}")
+            extra.append(f"left out by max_samples/weights {self.subsampled_out:,}")
         if self.repeated:
             extra.append(f"weights repeated {self.repeated:,}")
         lines.append(f"conversations: {self.kept:,}   turns: {self.turns:,}"
