@@ -1,0 +1,201 @@
+"""Make DyT models first-class Hugging Face models: saved, reloaded and Auto-loaded without losing alpha.
+
+A converted model keeps its architecture's classes, but its instance is re-classed to a thin subclass
+(`DyT<Base>ForCausalLM`, config `DyT<Base>Config`) that
+  * serialises `model_type: "dytune"` plus a `dyt` block (base model type, which norms, alpha shape, bias),
+    so plain `AutoModelForCausalLM.from_pretrained` without `import dytune` fails loudly ("model type
+    dytune not recognised") instead of silently re-initialising LayerNorms (the original study's bug);
+  * rebuilds the DyT layers in `__init__`, so `from_pretrained` loads alpha/gamma/beta strictly by name;
+  * initialises DyT parameters itself (transformers 5 initialises modules with the `_init_weights` of the
+    nearest enclosing PreTrainedModel, which knows nothing of DyT: alpha would be uninitialised memory);
+  * keeps DyT parameters in float32 under `dtype=torch.bfloat16` loads (`_keep_in_fp32_modules`).
+
+`import dytune` registers the "dytune" type with AutoConfig / AutoModelForCausalLM, so a fresh process
+restores the model exactly, and PEFT's `AutoPeftModelForCausalLM` finds it through the same Auto classes.
+At run time the config keeps the base `model_type` (generation, PEFT and attention code see a Llama).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from dytune.dyt import DyT
+
+MODEL_TYPE = "dytune"
+_CONFIG_CLASSES: dict[type, type] = {}
+_MODEL_CLASSES: dict[type, type] = {}
+_ORIGINALS_ATTR = "_dytune_original_norms"
+
+
+def _dyt_config_class(base: type) -> type:
+    """The DyT twin of a config class (cached, registered with AutoModelForCausalLM on creation)."""
+    if base in _CONFIG_CLASSES:
+        return _CONFIG_CLASSES[base]
+    if getattr(base, "_is_dytune", False):
+        return base
+
+    def to_dict(self) -> dict[str, Any]:
+        out = base.to_dict(self)
+        out["model_type"] = MODEL_TYPE
+        return out
+
+    cls = type(f"DyT{base.__name__}", (base,), {"_is_dytune": True, "to_dict": to_dict,
+                                                "__module__": __name__})
+    _CONFIG_CLASSES[base] = cls
+    return cls
+
+
+def _dyt_model_class(base: type) -> type:
+    """The DyT twin of a causal-LM class: rebuilds DyT layers from `config.dyt` in `__init__`."""
+    if base in _MODEL_CLASSES:
+        return _MODEL_CLASSES[base]
+    if getattr(base, "_is_dytune", False):
+        return base
+
+    def __init__(self, config, *args, **kwargs):  # noqa: ANN001
+        base.__init__(self, config, *args, **kwargs)
+        build_dyt_layers(self, config.dyt)
+
+    def _init_weights(self, module):  # noqa: ANN001
+        if isinstance(module, DyT):
+            module.reset_parameters()
+        else:
+            base._init_weights(self, module)
+
+    keep = list(getattr(base, "_keep_in_fp32_modules", None) or [])
+    cls = type(f"DyT{base.__name__}", (base,), {
+        "_is_dytune": True, "__init__": __init__, "_init_weights": _init_weights,
+        "_keep_in_fp32_modules": keep, "__module__": __name__,
+    })
+    _MODEL_CLASSES[base] = cls
+    return cls
+
+
+def _register_pair(config_cls: type, model_cls: type) -> None:
+    model_cls.config_class = config_cls
+    try:
+        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
+    except TypeError:  # older signature without exist_ok
+        AutoModelForCausalLM.register(config_cls, model_cls)
+
+
+class DyTuneConfig(PretrainedConfig):
+    """Entry point registered for `model_type: "dytune"`; dispatches to the base architecture's config.
+
+    `from_dict` returns an instance of `DyT<Base>Config` (a subclass of the base config), so every
+    architecture-specific field and behaviour is the base's own.
+    """
+
+    model_type = MODEL_TYPE
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        dyt = config_dict.get("dyt")
+        if not dyt or "base_model_type" not in dyt:
+            raise ValueError("config.json says model_type 'dytune' but has no 'dyt' block with base_model_type: "
+                             "it was not written by dytune, or was edited by hand")
+        base_type = dyt["base_model_type"]
+        base_config_cls = CONFIG_MAPPING[base_type]
+        config_cls = _dyt_config_class(base_config_cls)
+        base_model_cls = _causal_lm_class(base_type, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+        _register_pair(config_cls, _dyt_model_class(base_model_cls))
+        config_dict = {**config_dict, "model_type": base_type}
+        return base_config_cls.from_dict.__func__(config_cls, config_dict, **kwargs)
+
+
+def _causal_lm_class(base_type: str, names: dict) -> type:
+    import transformers
+
+    name = names.get(base_type)
+    if name is None:
+        raise ValueError(f"transformers has no causal-LM class for model type {base_type!r}")
+    return getattr(transformers, name)
+
+
+def register() -> None:
+    """Register the dytune model type with the Auto classes (idempotent; done on `import dytune`)."""
+    try:
+        AutoConfig.register(MODEL_TYPE, DyTuneConfig, exist_ok=True)
+    except TypeError:
+        AutoConfig.register(MODEL_TYPE, DyTuneConfig)
+
+
+def build_dyt_layers(model: nn.Module, spec: dict) -> None:
+    """Replace the norms named in a `config.dyt` spec with (freshly initialised) DyT layers."""
+    for layer in spec["layers"]:
+        parent_name, _, child = layer["name"].rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        dyt = DyT(layer["hidden_size"], alpha_init=layer.get("alpha_init", 1.0),
+                  per_channel=layer["per_channel"], bias=layer["bias"])
+        setattr(parent, child, dyt)
+
+
+def is_dyt_model(model: nn.Module) -> bool:
+    return getattr(type(model), "_is_dytune", False)
+
+
+def mark_converted(model: nn.Module, *, sites, originals: dict[str, nn.Module], report) -> None:  # noqa: ANN001
+    """Re-class a freshly converted model and its config so that saving and reloading keep DyT."""
+    config = model.config
+    spec_layers = []
+    for site in sites:
+        dyt = model.get_submodule(site.name)
+        spec_layers.append({"name": site.name, "kind": site.kind, "norm_type": site.norm_type,
+                            "hidden_size": site.hidden_size, "per_channel": dyt.per_channel,
+                            "bias": dyt.bias is not None,
+                            "alpha_init": float(dyt.alpha.detach().mean())})
+    config.__class__ = _dyt_config_class(type(config))
+    config.dyt = {
+        "base_model_type": type(config).__mro__[1].model_type,
+        "alpha_init": report.alpha_init,
+        "per_channel": report.per_channel,
+        "kinds": list(report.kinds),
+        "source": getattr(config, "_name_or_path", "") or "",
+        "layers": spec_layers,
+    }
+    model_cls = _dyt_model_class(type(model))
+    _register_pair(type(config), model_cls)
+    model.__class__ = model_cls
+    setattr(model, _ORIGINALS_ATTR, originals)
+
+
+def original_norms(model: nn.Module) -> dict[str, nn.Module]:
+    originals = getattr(model, _ORIGINALS_ATTR, None)
+    if not is_dyt_model(model) or originals is None:
+        raise ValueError("revert needs a model converted in this process (the original norms are kept in "
+                         "memory); a DyT model loaded from disk has no norms to put back")
+    return originals
+
+
+def unmark_converted(model: nn.Module) -> None:
+    model.__class__ = type(model).__mro__[1]
+    model.config.__class__ = type(model.config).__mro__[1]
+    if hasattr(model.config, "dyt"):
+        del model.config.dyt
+    delattr(model, _ORIGINALS_ATTR)
+
+
+def base_config_copy(model: nn.Module) -> PretrainedConfig:
+    """A plain (non-DyT) copy of a DyT model's config, e.g. to build the LayerNorm twin."""
+    config = copy.deepcopy(model.config)
+    if getattr(type(config), "_is_dytune", False):
+        config.__class__ = type(config).__mro__[1]
+        del config.dyt
+    return config
+
+
+def fp32_dyt_check(model: nn.Module) -> list[str]:
+    """Names of DyT parameters not in float32 (should be empty)."""
+    return [n for n, p in model.named_parameters() if isinstance(model.get_submodule(n.rpartition(".")[0]), DyT)
+            and p.dtype != torch.float32]
+
+
+register()

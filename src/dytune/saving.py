@@ -1,0 +1,100 @@
+"""Save DyT models as ordinary Hugging Face directories (safetensors) with a model card; load them back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dytune.errors import DytuneError
+
+_CARD = """---
+library_name: transformers
+tags:
+- dytune
+- dynamic-tanh
+- normalization-free
+base_model: {base}
+---
+
+# {title}
+
+This model is **{base}** with its normalization layers replaced by Dynamic Tanh
+(DyT, `y = gamma * tanh(alpha * x) + beta`; Zhu et al., "Transformers without Normalization", CVPR 2025),
+converted with [dytune](https://pypi.org/project/dytune/).
+
+- Converted norm layers: {n_layers} ({kinds})
+- alpha initialisation: {alpha_init}{per_channel}
+- gamma/beta: copied from the original norms' learned scale/shift
+{extra}
+## Loading
+
+The checkpoint has `model_type: "dytune"`: transformers needs dytune's registration to rebuild the DyT
+layers, so `import dytune` first:
+
+```python
+import dytune  # registers the DyT model type with AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("{path_hint}")   # or dytune.load("{path_hint}")
+```
+
+Without `import dytune`, `from_pretrained` fails with "model type dytune not recognised" rather than
+silently loading LayerNorms with wrong outputs.
+
+Serving engines that only know the standard architectures (vLLM, llama.cpp, TGI) **cannot run this model**:
+DyT is not one of their layers. Use transformers (eager or `torch.compile`).
+"""
+
+
+def write_model_card(model: torch.nn.Module, out_dir: str | Path, extra: str = "") -> None:
+    dyt = getattr(model.config, "dyt", None) or {}
+    base = dyt.get("source") or getattr(model.config, "_name_or_path", "") or "unknown"
+    card = _CARD.format(
+        base=base, title=f"{Path(base).name or base} (DyT)", n_layers=len(dyt.get("layers", [])),
+        kinds=", ".join(dyt.get("kinds", [])), alpha_init=dyt.get("alpha_init", "?"),
+        per_channel=" (per-channel)" if dyt.get("per_channel") else "",
+        extra=(extra.strip() + "\n") if extra else "", path_hint=str(out_dir),
+    )
+    Path(out_dir, "README.md").write_text(card)
+
+
+def save(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, *, overwrite: bool = False,  # noqa: ANN001
+         card_extra: str = "", extra_files: dict[str, dict] | None = None) -> Path:
+    """Save `model` (DyT or plain) as safetensors + config (+ tokenizer, model card), atomically.
+
+    The directory is written under a temporary name and renamed into place, so an interrupted save never
+    leaves a half-written model behind.
+    """
+    from dytune.hf_registration import is_dyt_model
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise DytuneError(f"{out} already exists: choose another output directory or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if is_dyt_model(model):
+            write_model_card(model, tmp, card_extra)
+        for name, payload in (extra_files or {}).items():
+            Path(tmp, name).write_text(json.dumps(payload, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load(name: str, **kwargs):  # noqa: ANN201 - returns a transformers PreTrainedModel
+    """Load a model by any name `dytune.models` resolves; DyT checkpoints come back as DyT."""
+    from dytune.models import load_model
+
+    return load_model(name, **kwargs)
