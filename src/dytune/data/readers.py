@@ -126,12 +126,13 @@ def iter_json(path: Path, progress: Any = None, chunk: int | None = None) -> Ite
     if first == b"{":
         line = head.lstrip(b" \t\r\n\xef\xbb\xbf").split(b"\n", 1)
         if len(line) == 2:
-            try:  # a complete object on the first line means JSON Lines
-                json.loads(line[0].decode("utf-8", "surrogateescape"), strict=False)
+            try:  # a complete object on the first line means JSON Lines (unless it wraps the records)
+                first_value = json.loads(line[0].decode("utf-8", "surrogateescape"), strict=False)
+            except json.JSONDecodeError:
+                first_value = None
+            if isinstance(first_value, dict) and _unwrap(first_value) is None:
                 yield from iter_jsonl(path, progress)
                 return
-            except json.JSONDecodeError:
-                pass
     elif first not in (b"[", b""):
         yield Bad("malformed_json", f"the file starts with {first!r}, not a JSON array or object")
         return
@@ -189,7 +190,10 @@ def _iter_values(buf: _Buffer) -> Iterator[Record]:
         if isinstance(value, dict) and not in_array and index == 1:
             # a single top-level object: either a wrapper {"data": [...]} or one record
             rest = _WS.match(buf.text, end).end()
-            if rest >= len(buf.text) and buf.eof:
+            while rest >= len(buf.text) and not buf.eof:  # is anything left after this object?
+                end = buf.refill(end)
+                rest = _WS.match(buf.text, end).end()
+            if rest >= len(buf.text):
                 inner = _unwrap(value)
                 if inner is not None:
                     for i, item in enumerate(inner):
