@@ -10,7 +10,8 @@ assistant spans are found in characters of the rendered text, then mapped to the
     messages[:i] with the generation prompt is where the answer starts, and the text rendered for
     messages[:i+1] (trailing whitespace excluded) is where it ends. Both must be prefixes of the whole
     rendering; a template for which they are not (one that rewrites earlier turns) falls back to locating
-    the turn's text in the rendering.
+    the turn's text in the rendering. A template that ignores `add_generation_prompt` gets its span started
+    at the turn's text, so the role header is not trained.
 With `train_on="all"` every token is trained. A `text`-format document (one assistant message, no user) is
 tokenized as raw text + EOS, every token trained.
 
@@ -61,6 +62,7 @@ class _Renderer:
     template: str
     special: dict[str, Any]
     markers: bool
+    _gen_prompt: bool | None = None  # does the template write a header for add_generation_prompt?
 
     def _compiled(self):
         from transformers.utils.chat_template_utils import _compile_jinja_template
@@ -93,8 +95,18 @@ class _Renderer:
             upto = full if i == len(messages) - 1 else self.render(messages[: i + 1])
             if not (full.startswith(upto) and upto.startswith(head)):
                 return full, self._located_spans(messages, full)
-            spans.append((len(head), max(len(head), len(upto.rstrip()))))
+            start, end = len(head), max(len(head), len(upto.rstrip()))
+            if not self._honours_generation_prompt():  # the header is not in `head`: start at the text
+                at = full.find(message["content"], start, end)
+                start = at if at >= 0 else start
+            spans.append((start, end))
         return full, spans
+
+    def _honours_generation_prompt(self) -> bool:
+        if self._gen_prompt is None:
+            probe = [{"role": "user", "content": "x"}]
+            self._gen_prompt = self.render(probe, True) != self.render(probe, False)
+        return self._gen_prompt
 
     def _located_spans(self, messages: list[dict], full: str) -> list[tuple[int, int]]:
         """Fallback for templates that re-render earlier turns: find each turn's text in order."""
