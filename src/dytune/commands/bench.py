@@ -1,0 +1,76 @@
+"""`dytune bench MODEL [MODEL2 ...]`: interleaved prefill / decode throughput and a norm-vs-DyT microbenchmark."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_parser(subparsers, name: str) -> None:
+    p = subparsers.add_parser(
+        name, help="inference speed: prefill/decode tokens/s of models (interleaved), norm vs DyT layer",
+        description="Benchmark prefill and decode throughput of one or more models, interleaved round by round "
+                    "so their ratio holds on a noisy machine; then one norm layer against one DyT layer at the "
+                    "model's hidden size, eager and torch.compile. --norm-swap compares a model with its own DyT "
+                    "conversion.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("models", nargs="+", help="model names (smollm2-135m, directories, .gguf files, Hub ids)")
+    p.add_argument("--norm-swap", action="store_true",
+                   help="benchmark MODEL against a DyT conversion of itself (alpha values do not affect speed)")
+    p.add_argument("--alpha-init", default="constant:1.0", help="alpha for --norm-swap (no calibration needed)")
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 4], help="comma-separated")
+    p.add_argument("--prompt-lengths", type=_ints, default=[128, 512], help="comma-separated")
+    p.add_argument("--new-tokens", type=int, default=32, help="decode steps per measurement")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds (not timed)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-norm-micro", action="store_true", help="skip the norm vs DyT layer microbenchmark")
+    p.add_argument("--no-compile", action="store_true", help="microbenchmark eager mode only")
+    p.add_argument("--fused", action="store_true",
+                   help="also time Liger-Kernel's fused Triton LigerDyT (CUDA only)")
+    p.add_argument("--micro-shape", type=_ints, default=[4, 512], help="batch,tokens of the microbenchmark input")
+    p.add_argument("--out", default=None, help="write the results as JSON here (and Markdown next to it)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from dytune.errors import DytuneError
+    from dytune.eval.speed import BenchSettings, markdown, run_bench
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if len(args.micro_shape) != 2:
+        raise DytuneError("--micro-shape takes two numbers: batch,tokens")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise DytuneError(f"--device {args.device}: no CUDA device is available to torch {torch.__version__}")
+    settings = BenchSettings(batch_sizes=args.batch_sizes, prompt_lengths=args.prompt_lengths,
+                             new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats,
+                             device=args.device, dtype=args.dtype)
+    result = run_bench(args.models, settings=settings, norm_swap=args.norm_swap, alpha_init=args.alpha_init,
+                       norm_micro=not args.no_norm_micro, compile=not args.no_compile, fused=args.fused,
+                       micro_shape=tuple(args.micro_shape))
+    text = markdown(result)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(text)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
