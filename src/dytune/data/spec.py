@@ -77,18 +77,19 @@ class DataSpec:
     def load_splits(self):
         """`(train, val, report)` conversations: a held-out fraction, or `val_source`."""
         from dytune.data.load import load_conversations
-        from dytune.data.split import conversation_key, split_train_val
+        from dytune.data.split import split_train_val
 
         convs, report = self.load()
         if self.val_source is None:
-            train, val = split_train_val(convs, self.val_fraction, self.seed)
+            train, val = split_train_val(convs, self.val_fraction, self.seed, report=report)
             return train, val, report
         val, val_report = load_conversations(self.val_source, **self._load_kwargs(self.val_split or self.split))
         for src in val_report.sources:
             src.source = f"validation: {src.source}"
         report.sources.extend(val_report.sources)
-        held = {conversation_key(i) for i in val["id"]}
-        overlap = [i for i, cid in enumerate(convs["id"]) if conversation_key(cid) in held]
+        # exact ids (a weight copy `x#1` counts as `x`): prefixes are no proof of chunking across files
+        held = {i.split("#", 1)[0] for i in val["id"]}
+        overlap = [i for i, cid in enumerate(convs["id"]) if cid.split("#", 1)[0] in held]
         if overlap:
             drop = set(overlap)
             convs = convs.select([i for i in range(len(convs)) if i not in drop])

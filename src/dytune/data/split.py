@@ -2,19 +2,21 @@
 
 ShareGPT splits long chats into chunks with ids `<conv>_0`, `<conv>_1`, ...; chunks of one chat must not
 land on both sides, or validation measures memorised text. Ids are grouped by what is left after removing
-a weight-copy suffix (`#k`) and a chunk suffix (`_N`). A prefix shared by more than `chunk_limit` records is
-a naming scheme, not one chat (FastChat's sample names its 500 conversations `identity_0` ... `identity_499`;
-the longest real ShareGPT V3 chat has 89 chunks), so those records are split one by one.
+a weight-copy suffix (`#k`) and a chunk suffix (`_N`); the longest real ShareGPT V3 chat has 89 chunks.
 
-Groups are shuffled with `seed` after sorting, so the split depends on the ids only (not on row order), and
-validation gets whole groups until it holds `round(val_fraction * n)` conversations (at least one).
+Validation gets whole groups, in a seeded random order of the sorted group names (so the split depends on
+the ids only, not on row order), until it holds `round(val_fraction * n)` conversations (at least one). It
+takes only groups of at most a quarter of that target: a bigger group stays in training, which never leaks
+and keeps one long chat from dominating validation. When such groups cannot fill the target, the shared
+prefixes are a naming scheme, not chunks (FastChat's sample names 500 separate conversations `identity_0`
+... `identity_499`), and the records are split one by one (with a note in the report).
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any
 
 from dytune.errors import DytuneError
@@ -27,7 +29,22 @@ def conversation_key(cid: str) -> str:
     return _CHUNK.sub("", cid.split("#", 1)[0])
 
 
-def split_train_val(convs: Any, val_fraction: float = 0.05, seed: int = 0, *, chunk_limit: int = 256
+def _pick(groups: dict[str, list[int]], target: int, seed: int) -> list[int] | None:
+    """Validation rows from whole groups, or None when the placeable groups cannot reach `target`."""
+    limit = max(1, target // 4)
+    order = sorted(k for k, rows in groups.items() if len(rows) <= limit)
+    if sum(len(groups[k]) for k in order) < target:
+        return None
+    random.Random(seed).shuffle(order)
+    chosen: list[int] = []
+    for key in order:
+        if len(chosen) >= target:
+            break
+        chosen.extend(groups[key])
+    return chosen
+
+
+def split_train_val(convs: Any, val_fraction: float = 0.05, seed: int = 0, *, report: Any = None
                     ) -> tuple[Any, Any]:
     """Split a conversations dataset into (train, validation) with no conversation on both sides."""
     if not 0 <= val_fraction < 1:
@@ -35,26 +52,25 @@ def split_train_val(convs: Any, val_fraction: float = 0.05, seed: int = 0, *, ch
     n = len(convs)
     if val_fraction == 0 or n == 0:
         return convs, convs.select([])
+    if n < 2:
+        raise DytuneError("cannot split a single conversation into train and validation: pass val_fraction=0")
     ids = convs["id"]
-    keys = [conversation_key(i) for i in ids]
-    sizes = Counter(keys)
-    keys = [k if sizes[k] <= chunk_limit else ids[i].split("#", 1)[0] for i, k in enumerate(keys)]
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, key in enumerate(keys):
-        groups[key].append(i)
-    if len(groups) < 2:
-        raise DytuneError(f"cannot split {n} records into train and validation: they are all chunks of one "
-                          "conversation. Pass a separate validation source (val_source) or val_fraction=0")
-    order = sorted(groups)
-    random.Random(seed).shuffle(order)
     target = max(1, round(val_fraction * n))
-    val_idx: list[int] = []
-    for key in order:
-        if len(val_idx) >= target:
-            break
-        if len(val_idx) + len(groups[key]) > n - 1:  # leave at least one group for training
-            continue
-        val_idx.extend(groups[key])
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, cid in enumerate(ids):
+        groups[conversation_key(cid)].append(i)
+    val_idx = _pick(groups, target, seed)
+    if val_idx is None:
+        singles: dict[str, list[int]] = defaultdict(list)
+        for i, cid in enumerate(ids):
+            singles[cid.split("#", 1)[0]].append(i)  # weight copies still travel with their original
+        val_idx = _pick(singles, target, seed)
+        if val_idx is None:
+            raise DytuneError(f"cannot hold out {target} of {n} conversations without splitting one: pass a "
+                              "separate validation source (val_source) or a smaller val_fraction")
+        if report is not None:
+            report.note(f"ids share `_N` prefixes too widely to be ShareGPT chunks ({len(groups)} prefixes for {n} "
+                        "records): split record by record")
     val_set = set(val_idx)
     train_idx = [i for i in range(n) if i not in val_set]
     return convs.select(train_idx), convs.select(sorted(val_idx))
