@@ -13,15 +13,6 @@ from dytune.errors import DytuneError
 from dytune.eval.speed import BenchSettings, bench_models, bench_norm_layers, markdown, norm_module_of
 from dytune.testing import tiny_model
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Timing loops on tiny tensors: one thread avoids OpenMP stalls when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = BenchSettings(batch_sizes=[1, 2], prompt_lengths=[8, 16], new_tokens=3, warmup=1, repeats=2)
 
 
