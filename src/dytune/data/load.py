@@ -33,7 +33,7 @@ from dytune.data.report import DataReport, SourceReport
 from dytune.errors import DytuneError
 
 DETECT_RECORDS = 200  # records the format is detected from
-BATCH = 4096  # conversations per Arrow batch while loading (bounds the Python objects alive at once)
+BATCH = 1024  # conversations per Arrow batch while loading (bounds the Python objects alive at once)
 _WEIGHT = re.compile(r"^(?P<src>.+):(?P<w>\d+(?:\.\d*)?|\.\d+)$")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 REPORT_NAME = "data_report.json"
@@ -335,7 +335,8 @@ def load_conversations(
         table = table.take(keep)
     report.selected = table.num_rows
     report.turns = _count_turns(table)
-    return datasets.Dataset(InMemoryTable(table)), report
+    # our own fingerprint: datasets would otherwise hash the table by pickling it (a copy of all the text)
+    return datasets.Dataset(InMemoryTable(table), fingerprint=table_fingerprint(table)), report
 
 
 def _apply_weight(table, weight: float, seed: int, report: DataReport):
@@ -362,6 +363,27 @@ def _apply_weight(table, weight: float, seed: int, report: DataReport):
     report.repeated += max(0, out.num_rows - n)
     report.subsampled_out += max(0, n - out.num_rows)
     return out
+
+
+def table_fingerprint(*tables: Any) -> str:
+    """Hash of Arrow tables' buffers (xxhash, memory speed): equal contents give equal fingerprints."""
+    try:
+        import xxhash
+
+        h = xxhash.xxh3_128()
+    except ImportError:  # pragma: no cover - datasets depends on xxhash
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+    for table in tables:
+        h.update(repr(table.schema.names).encode())
+        for column in table.columns:
+            for chunk in column.chunks:
+                h.update(f"{chunk.offset}:{len(chunk)}".encode())
+                for buf in chunk.buffers():
+                    if buf is not None:
+                        h.update(memoryview(buf))
+    return h.hexdigest()
 
 
 def _concat(tables: list):

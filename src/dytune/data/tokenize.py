@@ -249,30 +249,14 @@ def _adds_suffix_tokens(tokenizer: Any) -> bool:
 
 
 # -- caching -----------------------------------------------------------------------------------------------
-def _hasher():
-    try:
-        import xxhash
-
-        return xxhash.xxh3_128()
-    except ImportError:  # pragma: no cover - datasets depends on xxhash
-        return hashlib.blake2b(digest_size=16)
-
-
 def content_fingerprint(dataset: Any) -> str:
-    """Hash of a dataset's Arrow buffers (and row selection): equal contents give equal fingerprints."""
-    h = _hasher()
+    """Hash of a dataset's Arrow buffers and row selection: equal contents give equal fingerprints."""
+    from dytune.data.load import table_fingerprint
+
     tables = [dataset.data.table]
     if getattr(dataset, "_indices", None) is not None:
         tables.append(dataset._indices.table)
-    for table in tables:
-        h.update(json.dumps(table.schema.names).encode())
-        for column in table.columns:
-            for chunk in column.chunks:
-                h.update(f"{chunk.offset}:{len(chunk)}".encode())
-                for buf in chunk.buffers():
-                    if buf is not None:
-                        h.update(memoryview(buf))
-    return h.hexdigest()
+    return table_fingerprint(*tables)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
