@@ -60,14 +60,18 @@ class DyT(nn.Module):
         return y.to(x.dtype)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
-        # Casts such as `model.to(torch.bfloat16)` reach every parameter through `_apply`; undo them for
-        # DyT's own parameters so they stay float32 (see the class docstring). Device moves still apply.
+        # Casts such as `model.to(torch.bfloat16)` reach every tensor through `_apply`. Keep DyT's own
+        # tensors float32 (see the class docstring) from the float32 originals, not from the rounded cast;
+        # device moves still apply.
+        originals = {name: t.data for name, t in [*self._parameters.items(), *self._buffers.items()]
+                     if t is not None and t.dtype == torch.float32}
         super()._apply(fn, recurse)
-        for name, param in self._parameters.items():
-            if param is not None and param.is_floating_point() and param.dtype != torch.float32:
-                param.data = param.data.float()
-                if param.grad is not None:
-                    param.grad.data = param.grad.data.float()
+        for store in (self._parameters, self._buffers):
+            for name, tensor in store.items():
+                if tensor is not None and name in originals and tensor.dtype != torch.float32:
+                    tensor.data = originals[name].to(device=tensor.device, dtype=torch.float32)
+                    if getattr(tensor, "grad", None) is not None:
+                        tensor.grad.data = tensor.grad.data.float()
         return self
 
     def extra_repr(self) -> str:

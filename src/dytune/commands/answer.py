@@ -30,6 +30,9 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: where the model loads)")
     p.add_argument("--chat-template", default=None, help="a Jinja chat template file, for tokenizers without one")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; on a machine shared with other jobs, 1 can be "
+                        "many times faster than oversubscribed cores)")
     p.set_defaults(func=run)
 
 
@@ -37,6 +40,10 @@ def run(args) -> int:
     from dytune.errors import DytuneError
     from dytune.eval.mtbench import GenerationSettings, answer_questions
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise DytuneError("--max-new-tokens and --batch-size must be at least 1")
     settings = GenerationSettings(

@@ -34,6 +34,9 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model loads)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", default=None, help="write JSON here (and Markdown next to it)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; on a machine shared with other jobs, 1 can be "
+                        "many times faster than oversubscribed cores)")
     p.set_defaults(func=run)
 
 
@@ -48,6 +51,8 @@ def run(args) -> int:
     if not args.data and not args.tasks:
         raise DytuneError("nothing to evaluate: pass --data DATA (loss and perplexity) and/or --tasks T1,T2 "
                           "(lm-evaluation-harness)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     result, text = {}, []
     if args.data:
