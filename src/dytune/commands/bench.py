@@ -40,6 +40,7 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--fused", action="store_true",
                    help="also time Liger-Kernel's fused Triton LigerDyT (CUDA only)")
     p.add_argument("--micro-shape", type=_ints, default=[4, 512], help="batch,tokens of the microbenchmark input")
+    p.add_argument("--micro-rounds", type=int, default=3, help="interleaved rounds of the microbenchmark")
     p.add_argument("--out", default=None, help="write the results as JSON here (and Markdown next to it)")
     p.set_defaults(func=run)
 
@@ -64,7 +65,7 @@ def run(args) -> int:
                              device=args.device, dtype=args.dtype)
     result = run_bench(args.models, settings=settings, norm_swap=args.norm_swap, alpha_init=args.alpha_init,
                        norm_micro=not args.no_norm_micro, compile=not args.no_compile, fused=args.fused,
-                       micro_shape=tuple(args.micro_shape))
+                       micro_shape=tuple(args.micro_shape), micro_rounds=args.micro_rounds)
     text = markdown(result)
     print(text)
     if args.out:

@@ -237,15 +237,20 @@ def liger_dyt(hidden: int, device: str) -> nn.Module:
 
 def bench_norm_layers(norm: nn.Module, hidden: int, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                       shape: tuple[int, int] = (4, 512), compile: bool = True, fused: bool = False,
-                      min_run_time: float = 0.5, backward: bool = True) -> list[dict]:
-    """Median microseconds per call of `norm` vs `DyT(hidden)` on a (B, T, hidden) input."""
+                      min_run_time: float = 0.5, backward: bool = True, rounds: int = 3) -> list[dict]:
+    """Microseconds per call of `norm` vs `DyT(hidden)` on a (B, T, hidden) input.
+
+    Every variant is built (and compiled) first; then `rounds` rounds time each variant in turn with
+    `torch.utils.benchmark` (`blocked_autorange`), so a busy spell of the machine hits all variants. The
+    result is the median of the rounds' medians, with their min and max.
+    """
     from torch.utils import benchmark
 
     modules = {type(norm).__name__: norm, "DyT": DyT(hidden, alpha_init=0.5, bias=True)}
     if fused:
         modules["LigerDyT (fused)"] = liger_dyt(hidden, device)
     x0 = torch.randn(*shape, hidden, device=device, dtype=dtype)
-    rows = []
+    steps, rows = [], []
     for name, module in modules.items():
         module = module.to(device)
         if name != "DyT":  # DyT keeps float32 parameters by design and computes in float32
@@ -254,8 +259,7 @@ def bench_norm_layers(norm: nn.Module, hidden: int, *, device: str = "cpu", dtyp
         if compile and "fused" not in name:
             variants.append(("compile", torch.compile(module)))
         for mode, fn in variants:
-            passes = [("forward", False)] + ([("forward+backward", True)] if backward else [])
-            for pass_name, grad in passes:
+            for pass_name, grad in [("forward", False)] + ([("forward+backward", True)] if backward else []):
                 x = x0.clone().requires_grad_(grad)
 
                 def step(fn=fn, x=x, grad=grad):
@@ -264,18 +268,23 @@ def bench_norm_layers(norm: nn.Module, hidden: int, *, device: str = "cpu", dtyp
                     else:
                         with torch.no_grad():
                             fn(x)
+                row = {"module": name, "mode": mode, "pass": pass_name, "hidden": hidden, "shape": [*shape, hidden],
+                       "dtype": str(dtype).replace("torch.", "")}
                 try:
                     for _ in range(3):  # warm-up, and compilation for the compiled variant
                         step()
                     _sync(torch.device(device))
-                    m = benchmark.Timer(stmt="step()", globals={"step": step},
-                                        num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time)
-                    rows.append({"module": name, "mode": mode, "pass": pass_name, "hidden": hidden,
-                                 "shape": [*shape, hidden], "dtype": str(dtype).replace("torch.", ""),
-                                 "median_us": m.median * 1e6, "iqr_us": m.iqr * 1e6, "runs": len(m.times)})
+                    steps.append((row, step, []))
                 except Exception as err:  # noqa: BLE001 - e.g. no C++ compiler for inductor: report, go on
-                    rows.append({"module": name, "mode": mode, "pass": pass_name, "hidden": hidden,
-                                 "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
+                    row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                rows.append(row)
+    for _ in range(rounds):
+        for row, step, medians in steps:
+            timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+            medians.append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e6)
+    for row, _, medians in steps:
+        row.update(median_us=statistics.median(medians), min_us=min(medians), max_us=max(medians),
+                   rounds=len(medians))
     return rows
 
 
@@ -306,20 +315,21 @@ def markdown(result: dict) -> str:
                 lines.append(f"\nTotal timed seconds: {r['model']} {t[r['model']]:.2f} s vs {r['vs']} "
                              f"{t[r['vs']]:.2f} s (ratio {r['total_time']:.3f}; > 1 means slower).")
     if result.get("norm_layers"):
-        lines.append("\n| layer | mode | pass | shape | median us | IQR us |")
-        lines.append("|---|---|---|---|---:|---:|")
+        lines.append("\n| layer | mode | pass | shape | median us [min, max over rounds] |")
+        lines.append("|---|---|---|---|---:|")
         for r in result["norm_layers"]:
             if "error" in r:
-                lines.append(f"| {r['module']} | {r['mode']} | {r['pass']} | | failed: {r['error']} | |")
+                lines.append(f"| {r['module']} | {r['mode']} | {r['pass']} | | failed: {r['error']} |")
             else:
                 lines.append(f"| {r['module']} | {r['mode']} | {r['pass']} | {'x'.join(map(str, r['shape']))} | "
-                             f"{r['median_us']:.1f} | {r['iqr_us']:.1f} |")
+                             f"{r['median_us']:.0f} [{r['min_us']:.0f}, {r['max_us']:.0f}] |")
     return "\n".join(lines) + "\n"
 
 
 def run_bench(names: list[str], *, settings: BenchSettings, norm_swap: bool = False,
               alpha_init: str = "constant:1.0", norm_micro: bool = True, compile: bool = True,
-              fused: bool = False, micro_shape: tuple[int, int] = (4, 512), min_run_time: float = 0.5) -> dict:
+              fused: bool = False, micro_shape: tuple[int, int] = (4, 512), min_run_time: float = 0.5,
+              micro_rounds: int = 3) -> dict:
     """Load models by name (norm_swap: one model and its own DyT conversion) and benchmark them."""
     from dytune.models import load_model
 
@@ -354,6 +364,7 @@ def run_bench(names: list[str], *, settings: BenchSettings, norm_swap: bool = Fa
         norm = norm if norm is not None else nn.LayerNorm(hidden_size_of(first))
         result["norm_layers"] = bench_norm_layers(norm, hidden_size_of(first),
                                                   device=settings.device, dtype=dtype, shape=micro_shape,
-                                                  compile=compile, fused=fused, min_run_time=min_run_time)
+                                                  compile=compile, fused=fused, min_run_time=min_run_time,
+                                                  rounds=micro_rounds)
     result["model_names"] = names
     return result
