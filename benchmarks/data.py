@@ -49,10 +49,11 @@ def sharegpt_file() -> Path:
 def measure_load(path: Path) -> dict:
     """Load in a fresh process so the peak RSS belongs to the load alone."""
     code = (
-        "import resource, time, json\n"
+        "import re, time, json\n"
         "import datasets, pyarrow, tqdm\n"
         "from dytune.data import load_conversations\n"
-        "rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        # VmHWM: peak RSS of this address space (ru_maxrss would carry the forking parent's peak over exec)
+        "rss = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
         "base = rss(); t = time.perf_counter()\n"
         f"convs, report = load_conversations({str(path)!r})\n"
         "dt = time.perf_counter() - t\n"

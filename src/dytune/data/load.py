@@ -299,6 +299,11 @@ def load_conversations(
     {"role": "system"|"user"|"assistant", "content": str}), and a `DataReport` of what was read, kept and
     dropped (by reason, per source). Bad records never stop the load; a source with no usable record raises
     `DytuneError` with the reasons.
+
+    format: alpaca | sharegpt | messages | prompt_completion | text (default: detected per file).
+    field_map / role_map: column and speaker names (see formats.py; LLaMA-Factory and axolotl spellings work).
+    clean: ShareGPT cleaning (clean.py). split / revision / data_files / streaming / load_kwargs: for Hub ids,
+    passed to `datasets.load_dataset` (load_kwargs e.g. {"name": "config", "token": ...}).
     """
     import datasets
     from datasets.table import InMemoryTable
