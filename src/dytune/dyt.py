@@ -39,8 +39,13 @@ class DyT(nn.Module):
         self.normalized_shape = int(normalized_shape)
         self.per_channel = bool(per_channel)
         alpha_shape = (self.normalized_shape,) if per_channel else (1,)
-        init = torch.as_tensor(alpha_init, dtype=torch.float32).detach().clone()
-        self.register_buffer("alpha_init", init.expand(alpha_shape).clone(), persistent=False)
+        # Kept as plain Python numbers, not a buffer: models built on the meta device (transformers'
+        # from_pretrained) must be able to re-initialise alpha from real values.
+        if isinstance(alpha_init, torch.Tensor):
+            values = [float(v) for v in alpha_init.detach().cpu().flatten().tolist()]
+        else:
+            values = [float(alpha_init)]
+        self.alpha_init: list[float] = values * alpha_shape[0] if len(values) == 1 else values
         self.alpha = nn.Parameter(torch.empty(alpha_shape, dtype=torch.float32))
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, dtype=torch.float32))
         self.bias = nn.Parameter(torch.empty(self.normalized_shape, dtype=torch.float32)) if bias else None
@@ -48,7 +53,7 @@ class DyT(nn.Module):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            self.alpha.copy_(self.alpha_init)
+            self.alpha.copy_(torch.tensor(self.alpha_init, dtype=torch.float32, device=self.alpha.device))
             self.weight.fill_(1.0)
             if self.bias is not None:
                 self.bias.zero_()

@@ -61,15 +61,9 @@ def _dyt_model_class(base: type) -> type:
         base.__init__(self, config, *args, **kwargs)
         build_dyt_layers(self, config.dyt)
 
-    def _init_weights(self, module):  # noqa: ANN001
-        if isinstance(module, DyT):
-            module.reset_parameters()
-        else:
-            base._init_weights(self, module)
-
     keep = list(getattr(base, "_keep_in_fp32_modules", None) or [])
     cls = type(f"DyT{base.__name__}", (base,), {
-        "_is_dytune": True, "__init__": __init__, "_init_weights": _init_weights,
+        "_is_dytune": True, "__init__": __init__,
         "_keep_in_fp32_modules": keep, "__module__": __name__,
     })
     _MODEL_CLASSES[base] = cls
@@ -128,6 +122,28 @@ def register() -> None:
         AutoConfig.register(MODEL_TYPE, DyTuneConfig)
 
 
+def _dyt_aware_init(model: nn.Module) -> None:
+    """Teach every PreTrainedModel inside `model` (the LM and its inner base model) to initialise DyT.
+
+    transformers 5 initialises each module with the `_init_weights` of its nearest enclosing
+    PreTrainedModel (e.g. `LlamaModel`, not the LM head class), which knows nothing of DyT and would leave
+    alpha as uninitialised memory; an instance attribute overrides it at every level.
+    """
+    from transformers import PreTrainedModel
+
+    for sub in model.modules():
+        if isinstance(sub, PreTrainedModel) and "_init_weights" not in vars(sub):
+            class_init = type(sub)._init_weights
+
+            def _init_weights(module, _sub=sub, _class_init=class_init):  # noqa: ANN001
+                if isinstance(module, DyT):
+                    module.reset_parameters()
+                else:
+                    _class_init(_sub, module)
+
+            sub._init_weights = _init_weights
+
+
 def build_dyt_layers(model: nn.Module, spec: dict) -> None:
     """Replace the norms named in a `config.dyt` spec with (freshly initialised) DyT layers."""
     for layer in spec["layers"]:
@@ -136,6 +152,7 @@ def build_dyt_layers(model: nn.Module, spec: dict) -> None:
         dyt = DyT(layer["hidden_size"], alpha_init=layer.get("alpha_init", 1.0),
                   per_channel=layer["per_channel"], bias=layer["bias"])
         setattr(parent, child, dyt)
+    _dyt_aware_init(model)
 
 
 def is_dyt_model(model: nn.Module) -> bool:
@@ -164,6 +181,7 @@ def mark_converted(model: nn.Module, *, sites, originals: dict[str, nn.Module], 
     model_cls = _dyt_model_class(type(model))
     _register_pair(type(config), model_cls)
     model.__class__ = model_cls
+    _dyt_aware_init(model)
     setattr(model, _ORIGINALS_ATTR, originals)
 
 
