@@ -20,6 +20,7 @@ import math
 import os
 import random
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -340,6 +341,11 @@ def load_conversations(
         table = table.take(keep)
     report.selected = table.num_rows
     report.turns = _count_turns(table)
+    dropped = report.dropped
+    if dropped:  # never silent about lost data; the full table is report.table()
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
+        print(f"dytune data: read {report.read:,} records, kept {report.kept:,}, dropped {sum(dropped.values()):,} "
+              f"({reasons})", file=sys.stderr)
     # our own fingerprint: datasets would otherwise hash the table by pickling it (a copy of all the text)
     return datasets.Dataset(InMemoryTable(table), fingerprint=table_fingerprint(table)), report
 
