@@ -25,6 +25,8 @@ def calibration_texts_from_source(source: str, tokenizer, max_samples: int = 64,
 
 
 def _render(messages: list[dict], tokenizer) -> str:  # noqa: ANN001
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    return "\n\n".join(m["content"] for m in messages)
+    """Render as training will: the tokenizer's template, or dytune's default one for base models."""
+    from dytune.data.templates import resolve_template
+
+    template, _ = resolve_template(tokenizer)
+    return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
