@@ -90,3 +90,15 @@ def test_pairrm_judge_from_directory(tmp_path, tiny_pairrm_dir, questions_file, 
     overall = result["summary"]["overall"]
     assert overall["n"] == 10 and overall["win"] + overall["tie"] + overall["loss"] == 10
     assert result["both_orders"] is True and (tmp_path / "j.png").is_file()
+
+
+def test_pairrm_offline_error_says_what_to_do(monkeypatch):
+    from huggingface_hub import try_to_load_from_cache
+
+    from dytune.errors import DytuneError
+
+    if isinstance(try_to_load_from_cache("llm-blender/PairRM-hf", "config.json"), str):
+        pytest.skip("PairRM-hf is in the local Hugging Face cache, so there is no offline error to check")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DytuneError, match=r"PairRM judge 'llm-blender/PairRM-hf' is not in the local .* --judge PATH"):
+        make_judge("pairrm")

@@ -112,9 +112,19 @@ class PairRMJudge:
                  dtype: torch.dtype = torch.float32) -> None:
         from transformers import AutoTokenizer
 
+        from dytune.errors import DytuneError
         from dytune.models import local_path
 
-        location, kwargs = local_path(name)  # Hub id: cached copy or a clear offline error
+        try:
+            location, kwargs = local_path(name)  # a directory, or a Hub id: its cached copy or a download
+        except DytuneError as err:
+            if "cannot be reached" not in str(err):
+                raise
+            raise DytuneError(
+                f"the PairRM judge {name!r} is not in the local Hugging Face cache and the Hub cannot be reached. "
+                f"Download it where you have internet (`hf download {name}`) and copy ~/.cache/huggingface here, "
+                "or pass --judge PATH (a local PairRM-hf copy or a sequence-classification reward model) or "
+                "--judge openai:MODEL") from None
         self.name = "pairrm" if name == PAIRRM_HUB_ID else f"pairrm:{name}"
         self.tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         self.model = PairRM.from_pretrained(location, dtype=dtype, **kwargs).eval()
