@@ -1,0 +1,263 @@
+"""`TrainConfig`: one dataclass that is the Python API, the YAML schema and the `dytune train` flags.
+
+It subclasses `transformers.TrainingArguments` (TRL's pattern), so every field users know from Trainer passes
+through unchanged (batch size, gradient accumulation, scheduler, warmup, seed, `optim`, `report_to`,
+`push_to_hub`, `deepspeed`, `fsdp`...). dytune adds its own keys below. YAML is read first and flags override
+it; an unknown key (in the file or on the command line) is an error that lists the valid ones.
+
+    dytune train configs/smollm2_cpu_lora_dyt.yaml --max_steps 50 --data.max_samples 200
+    dytune.train(TrainConfig(model="smollm2-135m", data="alpaca.json", mode="lora+dyt", output_dir="runs/x"))
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy
+from transformers.training_args import OptimizerNames
+
+from dytune.errors import DytuneError
+
+MODES = ("full", "lora", "lora+dyt", "dyt-only")
+NORMS = ("layernorm", "dyt")
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    """dytune's training settings on top of every `transformers.TrainingArguments` field."""
+
+    # -- what to train ------------------------------------------------------------------------------------
+    model: str = field(default="smollm2-135m", metadata={"help": "model name: smollm2-135m, directory, .gguf, Hub id"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
+    data: str | None = field(default=None, metadata={
+        "help": "data source (file, folder, glob, Hub id; PATH:WEIGHT), or a mapping of DataSpec fields "
+                "(source, max_samples, val_fraction, val_source, train_on, chat_template, clean, ...); on the "
+                "command line also --data.KEY VALUE"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa | flash_attention_2"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens per example (sets data.max_length)"})
+    norm: str = field(default="dyt", metadata={"help": "layernorm (no conversion: the baseline twin) or dyt"})
+    mode: str = field(default="lora+dyt", metadata={"help": "full | lora | lora+dyt | dyt-only"})
+    # -- DyT conversion (as `dytune convert`) ---------------------------------------------------------------
+    alpha_init: str = field(default="calibrated", metadata={"help": "calibrated | paper | constant:VALUE"})
+    norms: str | None = field(default=None, metadata={"help": "norm kinds to convert, e.g. attn,ffn,final"})
+    per_channel: bool = field(default=False, metadata={"help": "one alpha per channel"})
+    keep_affine: bool = field(default=True, metadata={
+        "help": "copy the norms' gamma/beta into DyT (False: the original study's dropped gamma/beta; ablation)"})
+    calibration: str | None = field(default=None, metadata={"help": "calibration data (default: built-in text)"})
+    calibration_samples: int = field(default=64, metadata={"help": "records taken from --calibration"})
+    calibration_method: str = field(default="sequential", metadata={"help": "sequential | parallel"})
+    # -- LoRA (PEFT) -------------------------------------------------------------------------------------------
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=32, metadata={"help": "LoRA scaling numerator"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "module names to adapt (default per architecture); a name that matches nothing is an error"})
+    # -- optimizer groups ---------------------------------------------------------------------------------------
+    alpha_lr_multiplier: float = field(default=1.0, metadata={"help": "learning-rate multiplier for DyT alpha"})
+    affine_lr_multiplier: float = field(default=1.0, metadata={
+        "help": "learning-rate multiplier for DyT gamma/beta (and norm weights in the LayerNorm twin)"})
+    # -- distillation from the original model ---------------------------------------------------------------
+    distill: bool = field(default=False, metadata={"help": "add KL(teacher || student) on logits"})
+    distill_weight: float = field(default=1.0, metadata={"help": "lambda: weight of the KL term"})
+    distill_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the KL term"})
+    distill_on: str = field(default="all", metadata={"help": "all (every real token) | assistant (labelled only)"})
+    distill_hidden_weight: float = field(default=0.0, metadata={
+        "help": "weight of per-layer hidden-state matching (normalised MSE); 0 = off"})
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of the CE term (0 = pure distillation)"})
+    teacher: str | None = field(default=None, metadata={
+        "help": "teacher model name (default: the original model before conversion)"})
+    progressive_stages: int = field(default=0, metadata={
+        "help": "convert the norms in this many stages by depth (0 = all at once); needs progressive_steps"})
+    progressive_steps: int = field(default=0, metadata={"help": "optimizer steps per progressive stage"})
+    local_distill_steps: int = field(default=0, metadata={
+        "help": "before training: steps of block-wise distillation (each block vs the teacher's block output)"})
+    local_distill_lr: float = field(default=1e-3, metadata={"help": "learning rate of the block-wise stage"})
+    local_distill_params: str = field(default="dyt", metadata={"help": "dyt (alpha/gamma/beta) | block (all)"})
+    # -- run control ---------------------------------------------------------------------------------------------
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the latest checkpoint in output_dir (starts fresh if there is none)"})
+    overwrite: bool = field(default=False, metadata={"help": "delete an existing output_dir first"})
+    nan_policy: str = field(default="stop", metadata={"help": "stop | skip: what a NaN/Inf loss or gradient does"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
+
+    # -- TrainingArguments defaults that dytune sets on purpose ---------------------------------------------
+    output_dir: str | None = field(default="runs/dytune", metadata={"help": "the run directory"})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all, none"})
+    logging_steps: float = field(default=10, metadata={"help": "log metrics every N steps"})
+    eval_strategy: IntervalStrategy | str = field(default="steps", metadata={"help": "steps | epoch | no"})
+    eval_steps: float | None = field(default=50, metadata={"help": "validate every M steps"})
+    save_steps: float = field(default=100, metadata={"help": "checkpoint every K steps"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep at most L checkpoints"})
+    # TRL's SFTConfig turns these on by default even on CPU; dytune says what it means.
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU, or CPU autocast)"})
+    fp16: bool = field(default=False, metadata={"help": "fp16 mixed precision (CUDA only)"})
+    activation_checkpointing: bool | None = field(default=False, metadata={"help": "recompute activations"})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "validation keeps no logits (memory)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "dytune's collator picks the columns"})
+    optim: OptimizerNames | str = field(default="adamw_torch", metadata={"help": "optimizer (adamw_torch, adamw_torch_fused, ...)"})
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.norm not in NORMS:
+            raise DytuneError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.mode not in MODES:
+            raise DytuneError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.distill_on not in ("all", "assistant"):
+            raise DytuneError(f"distill_on must be 'all' or 'assistant', got {self.distill_on!r}")
+        if self.nan_policy not in ("stop", "skip"):
+            raise DytuneError(f"nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
+        if self.local_distill_params not in ("dyt", "block"):
+            raise DytuneError(f"local_distill_params must be 'dyt' or 'block', got {self.local_distill_params!r}")
+        if self.calibration_method not in ("sequential", "parallel"):
+            raise DytuneError(f"calibration_method must be sequential or parallel, got {self.calibration_method!r}")
+        if self.norm == "layernorm" and (self.progressive_stages or self.local_distill_steps):
+            raise DytuneError("progressive_stages and local_distill_steps convert norms: they need norm: dyt")
+        if self.progressive_stages and self.progressive_steps <= 0:
+            raise DytuneError("progressive_stages needs progressive_steps > 0 (optimizer steps per stage)")
+        if (self.distill_hidden_weight or self.distill_weight == 0) and not self.distill:
+            if self.distill_hidden_weight:
+                raise DytuneError("distill_hidden_weight needs distill: true (it compares with the teacher)")
+        if self.distill and self.ce_weight == 0 and self.distill_weight == 0 and not self.distill_hidden_weight:
+            raise DytuneError("every loss term has weight 0: set ce_weight, distill_weight or distill_hidden_weight")
+        if self.lora_r <= 0:
+            raise DytuneError(f"lora_r must be positive, got {self.lora_r}")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [t.strip() for t in self.lora_target_modules.split(",") if t.strip()]
+        self.data = _data_mapping(self.data)
+        if self.max_length is not None:
+            given = self.data.get("max_length")
+            if given is not None and given != self.max_length:
+                raise DytuneError(f"max_length {self.max_length} and data.max_length {given} disagree: set one")
+            self.data["max_length"] = self.max_length
+        if self.include_num_input_tokens_seen in ("no", False):
+            self.include_num_input_tokens_seen = "non_padding"  # tokens/s and token budgets need the count
+        cuda = torch.cuda.is_available()
+        if self.fp16 and (self.use_cpu or not cuda):
+            raise DytuneError("fp16 needs a CUDA GPU (fp16 mixed precision relies on CUDA's grad scaler); "
+                              "on CPU train in float32 (the default) or with bf16: true")
+        if self.bf16 and not cuda:
+            self.use_cpu = True  # transformers otherwise refuses bf16 without a GPU; CPU autocast supports it
+        super().__post_init__()
+
+    # -- views --------------------------------------------------------------------------------------------
+    def data_spec(self):  # noqa: ANN201 - dytune.data.DataSpec
+        from dytune.data import DataSpec
+
+        values = dict(self.data)
+        values.setdefault("seed", self.seed)
+        return DataSpec.from_dict(values)
+
+    def dytune_dict(self) -> dict[str, Any]:
+        """dytune's own keys (those not in TrainingArguments)."""
+        base = {f.name for f in fields(TrainingArguments)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in base}
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting, dytune's first, as plain values (what the run directory records)."""
+        out = self.dytune_dict()
+        for key, value in self.to_dict().items():
+            out.setdefault(key, value)
+        return json.loads(json.dumps(out, default=str))
+
+
+def _data_mapping(data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if isinstance(data, dict):
+        return dict(data)
+    if isinstance(data, (list, tuple)):
+        return {"source": list(data)}
+    text = str(data).strip()
+    if text.startswith("{"):
+        try:
+            return dict(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise DytuneError(f"data looks like JSON but does not parse: {err}") from None
+    return {"source": text}
+
+
+def valid_keys() -> list[str]:
+    return [f.name for f in fields(TrainConfig) if f.init]
+
+
+def _unknown_key_error(unknown: list[str], where: str) -> DytuneError:
+    valid = valid_keys()
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=3)
+        if close:
+            hints.append(f"{key} -> did you mean {', '.join(close)}?")
+    dytune_keys = [f.name for f in fields(TrainConfig) if f.name not in {g.name for g in fields(TrainingArguments)}]
+    return DytuneError(
+        f"unknown setting(s) {', '.join(unknown)} in {where}." + (" " + "; ".join(hints) if hints else "")
+        + f"\ndytune keys: {', '.join(dytune_keys)}\nplus every transformers.TrainingArguments field: "
+        + ", ".join(sorted(set(valid) - set(dytune_keys))))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DytuneError(f"config file {path} not found")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise DytuneError(f"{path} must hold a mapping of settings (key: value), got {type(values).__name__}")
+    return values
+
+
+def _split_data_flags(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Pull `--data.KEY VALUE` (or `--data.KEY=VALUE`) out of argv; values are parsed as YAML scalars."""
+    import yaml
+
+    rest, data = [], {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--data."):
+            key, eq, value = arg[len("--data."):].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise DytuneError(f"{arg} needs a value")
+                value, i = argv[i + 1], i + 1
+            data[key.replace("-", "_")] = yaml.safe_load(value)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, data
+
+
+def parse_config(config_file: str | Path | None = None, argv: list[str] | None = None,
+                 **overrides: Any) -> TrainConfig:
+    """YAML file (optional) < command-line flags (`argv`, HfArgumentParser syntax) < keyword overrides."""
+    from transformers import HfArgumentParser
+
+    values = load_yaml(config_file) if config_file else {}
+    valid = set(valid_keys())
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise _unknown_key_error(unknown, str(config_file))
+    argv, data_flags = _split_data_flags(list(argv or []))
+    parser = HfArgumentParser(TrainConfig)
+    # YAML values become the parser's defaults, so flags override the file.
+    parser.set_defaults(**values)
+    namespace, remaining = parser.parse_known_args(argv)
+    if remaining:
+        flags = [a.lstrip("-").split("=")[0] for a in remaining if a.startswith("-")]
+        raise _unknown_key_error(flags or remaining, "the command line")
+    kwargs = {k: v for k, v in vars(namespace).items() if k in valid}
+    if data_flags:
+        data = _data_mapping(kwargs.get("data"))
+        data.update(data_flags)
+        kwargs["data"] = data
+    kwargs.update(overrides)
+    try:
+        return TrainConfig(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise DytuneError(f"bad training setting: {err}") from None

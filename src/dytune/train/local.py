@@ -1,0 +1,100 @@
+"""Block-wise (local) distillation: before end-to-end training, fit each converted block to the original one.
+
+For every batch the teacher (the same weights with the original norms, see `teacher.py`) runs once and each
+decoder block's input, keyword arguments (mask, rotary embeddings) and output are captured. Then each student
+block runs on the *teacher's* input and is pulled towards the teacher's output with a normalised MSE; norms
+outside the blocks (the final norm) are fitted the same way on their own input/output. Errors do not compound
+through depth, so every block gets a clean target: this is the layer-wise recipe of the LayerNorm-removal work,
+cheap because no gradient crosses a block boundary and no vocabulary-sized logits are needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from dytune.dyt import DyT
+from dytune.train.teacher import OriginalNorms
+
+
+def _nmse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(torch.float32)  # (B, T, 1)
+    err = ((student.float() - target.float()).pow(2) * m).sum()
+    return err / (target.float().pow(2) * m).sum().clamp_min(1e-6)
+
+
+def _first(value) -> torch.Tensor:  # noqa: ANN001
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def local_distill(model: nn.Module, originals: OriginalNorms, batches: Iterable[dict], *, steps: int,
+                  lr: float = 1e-3, params: str = "dyt", progress: bool = True) -> dict:
+    """Train DyT parameters (`params="dyt"`) or whole blocks (`"block"`) block by block; returns a summary."""
+    from dytune.norms import _find_blocks
+
+    prefix, blocks = _find_blocks(model)
+    sites = originals.names
+    outer = [s for s in sites if not s.startswith(prefix + ".")]
+    if params == "dyt":
+        trainable = [p for m in model.modules() if isinstance(m, DyT) for p in m.parameters()]
+    else:
+        trainable = [p for b in blocks for p in b.parameters()]
+        trainable += [p for s in outer for p in model.get_submodule(s).parameters()]
+    was_training = model.training
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    history, tokens, start = [], 0, time.perf_counter()
+    device = next(model.parameters()).device
+    try:
+        for step, batch in enumerate(itertools.islice(itertools.cycle(batches), steps)):
+            ids = batch["input_ids"].to(device)
+            mask = batch["attention_mask"].to(device)
+            tokens += int(mask.sum())
+            caps: dict = {}
+            handles = []
+            for i, block in enumerate(blocks):
+                handles.append(block.register_forward_pre_hook(
+                    lambda m, a, k, i=i: caps.__setitem__(i, [a, k, None]), with_kwargs=True))
+                handles.append(block.register_forward_hook(
+                    lambda m, a, o, i=i: caps[i].__setitem__(2, _first(o).detach())))
+            with torch.no_grad(), originals.teacher(model):
+                for name in outer:  # after the teacher's hooks, so these see the original norm's output
+                    handles.append(model.get_submodule(name).register_forward_hook(
+                        lambda m, a, o, name=name: caps.__setitem__(name, [a[0].detach(), o.detach()])))
+                try:
+                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+                finally:
+                    for h in handles:
+                        h.remove()
+            model.eval()  # no dropout: the student block sees exactly the teacher's input
+            losses = []
+            for i, block in enumerate(blocks):
+                args, kwargs, target = caps[i]
+                losses.append(_nmse(_first(block(*args, **kwargs)), target, mask))
+            for name in outer:
+                x, target = caps[name]
+                losses.append(_nmse(model.get_submodule(name)(x), target, mask))
+            loss = torch.stack(losses).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.append(float(loss.detach()) / len(losses))
+            if progress and (step % 10 == 0 or step == steps - 1):
+                print(f"  local distillation step {step + 1}/{steps}: mean block nmse {history[-1]:.4g}",
+                      file=sys.stderr, flush=True)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), True))
+        model.train(was_training)
+    return {"steps": len(history), "tokens": tokens, "params": params, "lr": lr,
+            "nmse_first": history[0] if history else None, "nmse_last": history[-1] if history else None,
+            "seconds": time.perf_counter() - start}

@@ -1,0 +1,56 @@
+"""The one loss path every mode shares: CE on labelled tokens + lambda * KL(teacher || student) (+ hidden match).
+
+Shapes: logits (B, T, V), labels (B, T) with -100 where no loss is taken, attention_mask (B, T).
+Position t predicts token t+1, so every term works on positions [:-1] against targets [1:].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL over labelled next-token targets, number of them)."""
+    target = labels[:, 1:]  # (B, T-1)
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                          ignore_index=-100, reduction="sum")
+    return nll, (target != -100).sum()
+
+
+def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Mean over masked positions of KL(p_teacher || p_student) at `temperature`, times T^2 (Hinton's scaling,
+    so the gradient size does not depend on T). `mask` (B, T-1) selects the predicting positions."""
+    t = temperature
+    s = F.log_softmax(student_logits[:, :-1].float() / t, dim=-1)  # (B, T-1, V)
+    with torch.no_grad():
+        p_log = F.log_softmax(teacher_logits[:, :-1].float() / t, dim=-1)
+    kl = (p_log.exp() * (p_log - s)).sum(-1)  # (B, T-1)
+    m = mask.to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp_min(1) * (t * t)
+
+
+def hidden_match(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
+                 mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of the MSE between hidden states, each normalised by the teacher's mean square (so
+    layers with large residual streams do not dominate). `mask` (B, T) selects real tokens."""
+    m = mask.unsqueeze(-1).float()  # (B, T, 1)
+    n = m.sum().clamp_min(1)
+    terms = []
+    for hs, ht in zip(student_hidden[1:], teacher_hidden[1:]):  # [0] is the embedding output: identical
+        ht = ht.float()
+        err = ((hs.float() - ht).pow(2) * m).sum() / n
+        scale = (ht.pow(2) * m).sum() / n
+        terms.append(err / scale.clamp_min(1e-6))
+    return torch.stack(terms).mean()
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    ce: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None

@@ -1,0 +1,73 @@
+"""What a finished run leaves behind: `final/` (merged, loadable by `dytune.load`), `adapter/` (LoRA modes, its
+base a saved DyT model in `base/`), the generation config's EOS list, `summary.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+def end_of_turn_ids(tokenizer: Any, chat_template: str | None = None) -> list[int]:
+    """EOS ids a chat model must stop on: the tokenizer's EOS plus the special token(s) the chat template
+    writes right after an assistant turn (`<|im_end|>` for ChatML)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    try:
+        from dytune.data.templates import resolve_template
+
+        template, _ = resolve_template(tokenizer, chat_template)
+        marker = "\ue001"
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
+                                              {"role": "assistant", "content": marker}],
+                                             chat_template=template, tokenize=False)
+        tail = text[text.index(marker) + 1:]
+        special = set(tokenizer.all_special_ids)
+        for token in tokenizer(tail, add_special_tokens=False)["input_ids"]:
+            if token in special:
+                if token not in ids:
+                    ids.append(token)
+                break  # the first special token after the answer ends the turn
+    except Exception:  # noqa: BLE001 - no usable template: the tokenizer's EOS alone
+        pass
+    return ids
+
+
+def set_generation_eos(model: nn.Module, tokenizer: Any, chat_template: str | None = None) -> list[int]:
+    ids = end_of_turn_ids(tokenizer, chat_template)
+    config = getattr(model, "generation_config", None)
+    if config is not None and ids:
+        config.eos_token_id = ids if len(ids) > 1 else ids[0]
+        if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+    return ids
+
+
+def save_adapter(peft_model: nn.Module, out_dir: Path, base_dir: Path) -> Path:
+    """Save the adapter (LoRA + modules_to_save, so trained DyT too) pointing at the saved DyT base, atomically."""
+    out_dir = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        peft_model.save_pretrained(tmp)
+        config_path = tmp / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        # Pointing at the LayerNorm original would make AutoPeftModelForCausalLM load LayerNorms and drop alpha.
+        config["base_model_name_or_path"] = str(Path(base_dir).resolve())
+        config_path.write_text(json.dumps(config, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)

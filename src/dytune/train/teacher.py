@@ -1,0 +1,117 @@
+"""The distillation teacher: the original model, without a second copy where the weights are frozen anyway.
+
+In `lora`, `lora+dyt` and `dyt-only` the base weights never change, so the teacher is the student itself with
+the original norms put back in place of the DyT layers and the LoRA adapters disabled. "Put back" is done with
+forward hooks on the DyT sites (the hook returns the original norm's output) rather than by swapping modules:
+the model's state dict, its PEFT wrappers and its optimizer never see a change, and a checkpoint written at any
+moment is the student. The same hooks give progressive conversion (sites not yet converted keep the original
+norm). In `full` mode, where every weight trains, the teacher is a frozen copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from dytune.errors import DytuneError
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT / DDP wrapper."""
+    model = getattr(model, "module", model)  # DDP
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+class OriginalNorms:
+    """Original norm layers kept beside a model, and the switch that makes chosen sites use them."""
+
+    def __init__(self, originals: dict[str, nn.Module]) -> None:
+        self.originals = originals
+        for norm in originals.values():
+            norm.requires_grad_(False)
+            norm.eval()
+
+    @classmethod
+    def from_converted(cls, model: nn.Module) -> OriginalNorms:
+        """From a model converted in this process (`dytune.convert` keeps the norms it replaced)."""
+        from dytune.hf_registration import original_norms
+
+        return cls(dict(original_norms(model)))
+
+    @classmethod
+    def snapshot(cls, model: nn.Module, names: Iterable[str]) -> OriginalNorms:
+        """Frozen copies of norm modules that are about to train (the LayerNorm twin's teacher)."""
+        return cls({name: copy.deepcopy(model.get_submodule(name)) for name in names})
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.originals)
+
+    def _hook(self, name: str):  # noqa: ANN202
+        norm = self.originals[name]
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            x = args[0]
+            param = next(norm.parameters(), None)
+            if param is not None and param.device != x.device:
+                norm.to(x.device)
+            return norm(x).to(x.dtype)
+
+        return hook
+
+    def install(self, model: nn.Module, names: Iterable[str]) -> list:
+        """Make the sites `names` compute the original norm; returns hook handles (call `.remove()`)."""
+        base = _base(model)
+        handles = []
+        for name in names:
+            if name not in self.originals:
+                raise DytuneError(f"no original norm kept for {name}")
+            handles.append(base.get_submodule(name).register_forward_hook(self._hook(name)))
+        return handles
+
+    @contextlib.contextmanager
+    def teacher(self, model: nn.Module) -> Iterator[nn.Module]:
+        """`model` as the original model: every site on its original norm, adapters off, eval mode."""
+        base = _base(model)
+        peft = getattr(model, "module", model)
+        handles = self.install(model, self.originals)
+        was_training = base.training
+        base.eval()
+        disable = peft.disable_adapter() if hasattr(peft, "disable_adapter") else contextlib.nullcontext()
+        try:
+            with disable:
+                yield peft
+        finally:
+            for handle in handles:
+                handle.remove()
+            base.train(was_training)
+
+
+class FrozenTeacher:
+    """A separate frozen model (full mode, or an explicit `teacher:`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def teacher(self, student: nn.Module) -> Iterator[nn.Module]:
+        param = next(student.parameters())
+        first = next(self.model.parameters())
+        if first.device != param.device:
+            self.model.to(param.device)
+        yield self.model
+
+
+def progressive_groups(names: list[str], stages: int) -> list[list[str]]:
+    """Split norm sites (in forward order) into `stages` contiguous groups, shallowest first."""
+    if stages <= 0:
+        return [names]
+    stages = min(stages, len(names))
+    size = -(-len(names) // stages)
+    return [names[i:i + size] for i in range(0, len(names), size)]

@@ -1,0 +1,164 @@
+"""Training modes (which tensors train) and optimizer parameter groups.
+
+    full      every parameter
+    lora      LoRA adapters only (norms / DyT frozen: the original study's recipe)
+    lora+dyt  LoRA adapters + every norm layer's parameters (DyT alpha/gamma/beta, or the LayerNorm twin's
+              weight/bias), registered as PEFT `modules_to_save` so they are saved in the adapter and reloaded.
+              (Unfreezing them by hand after `get_peft_model` trains them but leaves them out of the adapter.)
+    dyt-only  only the norm layers' parameters
+
+Parameter groups: alpha and gamma/beta get their own learning-rate multipliers and no weight decay (alpha is
+the sensitive one); other tensors follow nanoGPT's rule (decay iff `dim() >= 2`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dytune.dyt import DyT
+from dytune.errors import DytuneError
+
+_LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    **{t: _LLAMA_TARGETS for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                                   "olmo", "olmo2", "smollm3", "granite")},
+}
+
+
+def base_model_type(model: nn.Module) -> str:
+    dyt = getattr(model.config, "dyt", None)
+    return dyt["base_model_type"] if dyt else model.config.model_type
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """DyT, or a LayerNorm/RMSNorm of any family (the trainable 'norm' of the LayerNorm twin)."""
+    if isinstance(module, (DyT, nn.LayerNorm)):
+        return True
+    return type(module).__name__.endswith(("RMSNorm", "LayerNorm", "RmsNorm"))
+
+
+def norm_module_names(model: nn.Module, norm: str) -> list[str]:
+    """Names of the modules whose parameters 'the norm' means: DyT layers, or (LayerNorm twin) the norms of the
+    kinds dytune would convert, so both arms of a comparison train the same positions."""
+    if norm == "dyt":
+        names = [n for n, m in model.named_modules() if isinstance(m, DyT)]
+        if not names:
+            raise DytuneError("norm: dyt but the model has no DyT layer (conversion did not happen?)")
+        return names
+    from dytune.norms import DEFAULT_KINDS, find_norms
+
+    return [s.name for s in find_norms(model) if s.kind in DEFAULT_KINDS]
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    model_type = base_model_type(model)
+    if model_type not in DEFAULT_LORA_TARGETS:
+        raise DytuneError(f"no default LoRA targets for model type {model_type!r}: set lora_target_modules "
+                          f"(known defaults: {', '.join(sorted(DEFAULT_LORA_TARGETS))})")
+    return list(DEFAULT_LORA_TARGETS[model_type])
+
+
+def _adaptable_names(model: nn.Module) -> list[str]:
+    from transformers.pytorch_utils import Conv1D
+
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D, nn.Embedding))]
+
+
+def check_targets(model: nn.Module, targets: list[str]) -> None:
+    """Every target must match at least one layer (PEFT stays silent when only some match)."""
+    names = _adaptable_names(model)
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise DytuneError(f"LoRA target module(s) {', '.join(missing)} match no layer of this "
+                          f"{base_model_type(model)} model; its linear layers are named: {', '.join(leaves)}")
+
+
+@dataclass
+class ModeResult:
+    model: nn.Module  # the model to train (a PeftModel in the LoRA modes)
+    norm_names: list[str]  # the norm modules, named in the base model
+    targets: list[str] | None  # LoRA targets
+
+
+def apply_mode(model: nn.Module, mode: str, norm: str, *, lora_r: int = 16, lora_alpha: float = 32,
+               lora_dropout: float = 0.05, lora_targets: list[str] | None = None,
+               extra_trainable: list[str] | None = None) -> ModeResult:
+    """Freeze / unfreeze / wrap `model` for `mode`; returns the model to train.
+
+    `extra_trainable`: modules that must train in every mode (embeddings resized for new template tokens).
+    """
+    norm_names = norm_module_names(model, norm)
+    extra = list(extra_trainable or [])
+    if mode in ("full", "dyt-only"):
+        for name, param in model.named_parameters():
+            module = name.rpartition(".")[0]
+            param.requires_grad_(mode == "full" or module in norm_names
+                                 or any(module == e or module.startswith(e + ".") for e in extra))
+        _check_trainable(model, mode, norm_names)
+        return ModeResult(model, norm_names, None)
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(lora_targets) if lora_targets else default_targets(model)
+    check_targets(model, targets)
+    save = (norm_names if mode == "lora+dyt" else []) + extra
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                        modules_to_save=save or None, task_type="CAUSAL_LM",
+                        fan_in_fan_out=base_model_type(model) == "gpt2")  # GPT-2's Conv1D stores W transposed
+    for param in model.parameters():
+        param.requires_grad_(False)
+    peft_model = get_peft_model(model, config)
+    _check_trainable(peft_model, mode, norm_names)
+    return ModeResult(peft_model, norm_names, targets)
+
+
+def _check_trainable(model: nn.Module, mode: str, norm_names: list[str]) -> None:
+    """Fail loudly if the trainable set is not what the mode promises (e.g. DyT silently re-frozen)."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise DytuneError(f"mode {mode}: no parameter is trainable")
+    if mode in ("lora+dyt", "dyt-only"):
+        for name in norm_names:
+            if not any(f"{name}." in t for t in trainable):
+                raise DytuneError(f"mode {mode}: norm layer {name} is not trainable")
+    if mode == "lora" and any(".modules_to_save." in t and any(f"{n}." in t for n in norm_names)
+                              for t in trainable):
+        raise DytuneError("mode lora: norm layers must stay frozen")
+
+
+# -- parameter groups --------------------------------------------------------------------------------------
+def classify_parameters(model: nn.Module) -> dict[str, str]:
+    """Trainable parameter name -> group: alpha | affine (norm gamma/beta) | decay | no_decay."""
+    norm_params: dict[int, str] = {}
+    for module in model.modules():
+        if is_norm_module(module):
+            for pname, param in module.named_parameters(recurse=False):
+                norm_params[id(param)] = "alpha" if isinstance(module, DyT) and pname == "alpha" else "affine"
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        groups[name] = norm_params.get(id(param)) or ("decay" if param.dim() >= 2 else "no_decay")
+    return groups
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_multiplier: float = 1.0,
+                 affine_lr_multiplier: float = 1.0) -> list[dict]:
+    """Optimizer groups with names; empty groups are left out."""
+    settings = {
+        "decay": (lr, weight_decay),
+        "no_decay": (lr, 0.0),
+        "alpha": (lr * alpha_lr_multiplier, 0.0),
+        "affine": (lr * affine_lr_multiplier, 0.0),
+    }
+    members: dict[str, list[torch.nn.Parameter]] = {k: [] for k in settings}
+    params = dict(model.named_parameters())
+    for name, group in classify_parameters(model).items():
+        members[group].append(params[name])
+    return [{"name": g, "params": members[g], "lr": settings[g][0], "weight_decay": settings[g][1]}
+            for g in settings if members[g]]
