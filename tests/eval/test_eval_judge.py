@@ -126,6 +126,7 @@ def test_reward_model_judge_cli_writes_outputs(tmp_path, questions_file, questio
     assert out.with_suffix(".png").stat().st_size > 5000
     md = out.with_suffix(".md").read_text()
     assert "| **all** |" in md and "| turn 2 |" in md and "| math |" in md
+    assert "each answer scored on its own" in md
 
     # the same answers against themselves: every comparison is a tie
     same = judge_answers(a, a, judge=make_judge(str(tiny_reward_dir)), questions_path=questions_file, n_boot=50)

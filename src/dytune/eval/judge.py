@@ -192,7 +192,7 @@ def judge_answers(answers_a: str | Path, answers_b: str | Path, *, judge, questi
     }
     if not judge.pairwise and judge.name.startswith("openai:"):
         result["mtbench_scores"] = {model_a: (s := _mtbench_scores(rows))["a"], model_b: s["b"]}
-    text = markdown(summary, model_a, model_b, judge.name)
+    text = markdown(summary, model_a, model_b, judge.name, both_orders=bool(judge.pairwise))
     if "mtbench_scores" in result:
         text += "\nMT-bench single-answer grades (1-10, mean):\n\n| model | all | turn 1 | turn 2 |\n|---|---:|---:|---:|\n"
         for name, s in result["mtbench_scores"].items():

@@ -88,11 +88,12 @@ def _row(label: str, t: dict) -> str:
             f"{t['win_rate']:.3f} | [{low:.3f}, {high:.3f}] |")
 
 
-def markdown(summary: dict, model_a: str, model_b: str, judge: str) -> str:
+def markdown(summary: dict, model_a: str, model_b: str, judge: str, both_orders: bool = True) -> str:
+    how = ("both answer orders judged, a verdict that flips with the order counts as a tie" if both_orders else
+           "each answer scored on its own, the higher score wins")
     lines = [f"### {model_a} vs {model_b} (judge: {judge})", "",
-             f"Win / tie / loss of **{model_a}** against **{model_b}**; both answer orders judged, a verdict that "
-             "flips with the order counts as a tie. Win rate = (win + tie/2) / n; 95% bootstrap interval over "
-             "questions.", "",
+             f"Win / tie / loss of **{model_a}** against **{model_b}**; {how}. Win rate = (win + tie/2) / n; "
+             "95% bootstrap interval over questions.", "",
              "| | win | tie | loss | n | win rate | 95% CI |", "|---|---:|---:|---:|---:|---:|---|",
              _row("**all**", summary["overall"])]
     lines += [_row(f"turn {t}", s) for t, s in summary["per_turn"].items()]
