@@ -107,8 +107,10 @@ def _prepare_model(cfg: TrainConfig, tokenizer: Any):  # noqa: ANN202
     return model, report, originals, teacher
 
 
-def train(config: TrainConfig | dict | str | Path, **overrides: Any) -> dict:
-    """Run a training job; returns the summary (also written to `output_dir/summary.json`)."""
+def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = None, **overrides: Any) -> dict:
+    """Run a training job; returns the summary (also written to `output_dir/summary.json`).
+
+    `callbacks`: extra `transformers.TrainerCallback`s."""
     if isinstance(config, (str, Path)):
         cfg = parse_config(config, [], **overrides)
     elif isinstance(config, dict):
@@ -185,7 +187,7 @@ def train(config: TrainConfig | dict | str | Path, **overrides: Any) -> dict:
     trainer = DytuneTrainer(model=result.model, args=cfg, train_dataset=train_ds, eval_dataset=val_ds,
                             data_collator=collator, processing_class=tokenizer, dytune_config=cfg, teacher=teacher,
                             norm_names=result.norm_names, originals=originals,
-                            callbacks=[MetricsJsonl(run / "metrics.jsonl")])
+                            callbacks=[MetricsJsonl(run / "metrics.jsonl"), *(callbacks or [])])
     if checkpoint is not None:
         import json
 

@@ -181,6 +181,7 @@ class DytuneTrainer(Trainer):
                 logs["skipped_steps"] = self.skipped_steps
             for name, value in alpha_values(self.model, self.norm_names).items():
                 logs[f"alpha/{name}"] = value
+            start_time = None  # Trainer would add run-average speed fields to every step's record
         super().log(logs, start_time)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):  # noqa: ANN201
