@@ -227,6 +227,6 @@ def _runs_sections(doc: Document, runs: list[Run], rows: list[dict], head: dict,
         doc.heading("Failed and unfinished runs")
         items = []
         for run in problems:
-            message = (run.error or (run.sweep or {}).get("error") or "no summary.json (interrupted or running)")
+            message = ((run.sweep or {}).get("error") or run.error or "no summary.json (interrupted or running)")
             items.append(f"`{run.name}` ({_status(run)}): {message.strip().splitlines()[-1][:300]}")
         doc.bullets(items)

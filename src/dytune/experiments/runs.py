@@ -97,6 +97,8 @@ def canonical(record: dict) -> dict:
     else:
         for name, keys in _VAL_KEYS.items():
             out[name] = _num(pick(record, *keys))
+        if "train_runtime" in record:  # Trainer's end-of-training record: a run average, not a point
+            return {k: v for k, v in out.items() if v is not None and k in ("step", "epoch")}
         if out["val_loss"] is None or any(k in record for k in ("train_loss", "train/loss")):
             out["train_loss"] = _num(pick(record, *_TRAIN_KEYS["train_loss"]))
         for name in ("grad_norm", "lr", "tokens_per_s"):
@@ -344,6 +346,11 @@ def load_run(path: str | Path) -> Run:
         raise DytuneError(f"run directory not found: {path}")
     config = read_config(path)
     sweep = _read_json(path / "sweep_run.json")
+    sweep_config = path.parent / "configs" / f"{path.name}.yaml"
+    if not config and sweep is not None and sweep_config.is_file():  # a sweep run that failed before writing one
+        import yaml
+
+        config = yaml.safe_load(sweep_config.read_text()) or {}
     error = (path / "error.txt").read_text(errors="replace").strip() if (path / "error.txt").is_file() else None
     run = Run(path=path, name=(sweep or {}).get("name") or path.name, config=config,
               params=_facets(path, config, sweep), metrics=read_metrics(path),
