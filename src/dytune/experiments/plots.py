@@ -42,7 +42,9 @@ def setting_label(run: Run, keys: list[str]) -> str:
     parts = []
     for key in keys:
         value = run.params.get(key)
-        parts.append(str(value) if key in ("model", "mode", "dataset") else f"{key}={value}")
+        if value is None:  # a LayerNorm run has no alpha_init, ...
+            continue
+        parts.append(str(value) if key in ("model", "mode", "dataset", "recipe") else f"{key}={value}")
     return ", ".join(parts)
 
 
@@ -104,13 +106,18 @@ def _slug(text: str) -> str:
 
 def loss_curves(runs: list[Run], out_dir: Path) -> list[Path]:
     """One figure per dataset: train loss (solid; EMA-smoothed over a faint raw curve when long) and
-    validation loss (dashed, markers) against steps, one panel per setting (model, mode, ...)."""
+    validation loss (dashed) against steps, one panel per setting (model, mode, ...) holding the LayerNorm
+    run and its DyT twins; DyT variants (alpha init, recipe, ...) are told apart by markers."""
+    from dytune.experiments.runs import is_dyt_only
+
     plt = _plt()
     written = []
-    keys = varying(runs, exclude=("norm", "dataset", "seed"))
+    runs = [r for r in runs if r.series("train_loss")[1] or r.series("val_loss")[1]]
+    all_keys = varying(runs, exclude=("norm", "dataset", "seed"))
+    keys = [k for k in all_keys if not is_dyt_only(k)]
+    variant_keys = [k for k in all_keys if is_dyt_only(k)]
+    variants = list(dict.fromkeys(setting_label(r, variant_keys) for r in ordered(runs) if r.norm == "dyt"))
     for dataset, group in _by_dataset(ordered(runs)).items():
-        if not any(r.series("train_loss")[1] or r.series("val_loss")[1] for r in group):
-            continue
         settings: dict[str, list[Run]] = defaultdict(list)
         for run in group:
             settings[setting_label(run, keys)].append(run)
@@ -118,15 +125,21 @@ def loss_curves(runs: list[Run], out_dir: Path) -> list[Path]:
         for ax, (label, members) in zip(axes, settings.items()):
             for run in members:
                 color = COLORS.get(run.norm, "#555555")
+                variant = setting_label(run, variant_keys) if run.norm == "dyt" else ""
+                i = variants.index(variant) if variant in variants else 0
+                mark = dict(marker=MARKERS[i % len(MARKERS)], markevery=0.1, ms=4) if len(variants) > 1 and \
+                    run.norm == "dyt" else {}
                 xs, ys = run.series("train_loss")
                 if ys:
                     if len(ys) > 40:
                         ax.plot(xs, ys, color=color, alpha=0.25, lw=0.8)
                         ys = _ema(ys, 0.9)
-                    ax.plot(xs, ys, color=color, lw=1.6)
+                    ax.plot(xs, ys, color=color, lw=1.6, label=f"DyT {variant}" if mark else None, **mark)
                 xs, ys = run.series("val_loss")
                 if ys:
-                    ax.plot(xs, ys, color=color, lw=1.4, ls="--", marker="o", ms=4)
+                    ax.plot(xs, ys, color=color, lw=1.4, ls="--", **(mark or dict(marker="o", ms=4)))
+            if len(variants) > 1:
+                ax.legend(frameon=False, fontsize=7, title="train curves", title_fontsize=7)
             ax.set_title(label or dataset)
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("loss (nats / token)")
@@ -142,21 +155,24 @@ def loss_curves(runs: list[Run], out_dir: Path) -> list[Path]:
 def _line_per_run(plt, runs: list[Run], path: Path, metric: str, x: str, title: str, xlabel: str, ylabel: str,
                   log_y: bool | None = None) -> Path | None:
     """One panel per dataset, one line per run: colour = norm, line style / marker = setting."""
+    from dytune.experiments.runs import is_dyt_only
+
     keys = varying(runs, exclude=("norm", "dataset"))
+    shared = [k for k in keys if not is_dyt_only(k)]  # a DyT run and its LayerNorm twin share a line style
     runs = ordered(runs)
     groups = {d: g for d, g in _by_dataset(runs).items() if any(r.series(metric, x)[1] for r in g)}
     if not groups:
         return None
     fig, axes = _grid(plt, len(groups))
-    labels = list(dict.fromkeys(setting_label(r, keys) for r in runs))
-    style = {label: i for i, label in enumerate(labels)}
+    style = {label: i for i, label in enumerate(dict.fromkeys(setting_label(r, shared) for r in runs
+                                                              if r.series(metric, x)[1]))}
     for ax, (dataset, group) in zip(axes, groups.items()):
         lo, hi = math.inf, -math.inf
         for run in group:
             xs, ys = run.series(metric, x)
             if not ys:
                 continue
-            i = style[setting_label(run, keys)]
+            i = style[setting_label(run, shared)]
             setting = setting_label(run, keys)
             ax.plot(xs, ys, color=COLORS.get(run.norm, "#555555"), ls=LINESTYLES[i % len(LINESTYLES)],
                     marker=MARKERS[i % len(MARKERS)] if len(ys) <= 30 else None, ms=4, lw=1.4,
@@ -218,22 +234,17 @@ def alpha_trajectories(runs: list[Run], path: Path, max_runs: int = 12) -> Path 
         ax.set_visible(False)
     axes = list(grid.flat[:len(dyt)])
     cmap = matplotlib.colormaps["viridis"]
-    n_max = 1
     for ax, run in zip(axes, dyt):
         series = run.alpha_series()
-        n_max = max(n_max, len(series))
-        norm = Normalize(0, max(1, len(series) - 1))
-        for i, (layer, (xs, ys)) in enumerate(series.items()):
-            ax.plot(xs, ys, color=cmap(norm(i)), lw=1.0, marker="o" if len(xs) <= 3 else None, ms=3)
+        for i, (layer, (xs, ys)) in enumerate(series.items()):  # colour = relative depth, 0 first .. 1 last
+            ax.plot(xs, ys, color=cmap(i / max(1, len(series) - 1)), lw=1.0, marker="o" if len(xs) <= 3 else None,
+                    ms=3)
         ax.set_title(setting_label(run, keys) or run.name)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("alpha (mean over channels)")
-    sm = cm.ScalarMappable(cmap=cmap, norm=Normalize(0, n_max - 1))
-    from matplotlib.ticker import MaxNLocator
-
-    bar = fig.colorbar(sm, ax=axes, label="DyT layer index (input to output)", shrink=0.8, aspect=30)
-    bar.locator = MaxNLocator(integer=True)
-    bar.update_ticks()
+    sm = cm.ScalarMappable(cmap=cmap, norm=Normalize(0, 1))
+    bar = fig.colorbar(sm, ax=axes, label="DyT layer depth", shrink=0.8, aspect=30)
+    bar.set_ticks([0, 1], labels=["first", "last"])
     fig.suptitle("DyT alpha per layer during training", fontsize=11)
     return _save(fig, path)
 

@@ -73,7 +73,8 @@ def final_rows(runs: list[Run]) -> list[dict]:
 
 def _status(run: Run) -> str:
     sweep_status = (run.sweep or {}).get("status")
-    if run.error or sweep_status == "failed":
+    stopped = str((run.summary or {}).get("status", "completed")) != "completed"
+    if run.error or sweep_status == "failed" or stopped:
         return "failed"
     return "finished" if run.finished else "unfinished"
 
@@ -199,8 +200,8 @@ def _runs_sections(doc: Document, runs: list[Run], rows: list[dict], head: dict,
         (plots.perplexity_per_epoch, "perplexity.png", "Validation perplexity per epoch (colour: LayerNorm blue, "
                                                        "DyT orange; line style: setting)"),
         (plots.grad_norms, "grad_norm.png", "Gradient norm before clipping, per optimizer step"),
-        (plots.alpha_trajectories, "alpha.png", "alpha of every DyT layer during training, coloured from the first "
-                                                "layer (dark) to the last (yellow)"),
+        (plots.alpha_trajectories, "alpha.png", "alpha of every DyT layer during training (mean over channels), "
+                                                "coloured by depth from the first layer (dark) to the last (yellow)"),
         (plots.learning_rates, "learning_rate.png", "Learning rate schedules"),
     ):
         path = fn(runs, out_dir / name)
@@ -227,6 +228,7 @@ def _runs_sections(doc: Document, runs: list[Run], rows: list[dict], head: dict,
         doc.heading("Failed and unfinished runs")
         items = []
         for run in problems:
-            message = ((run.sweep or {}).get("error") or run.error or "no summary.json (interrupted or running)")
+            message = ((run.sweep or {}).get("error") or run.error or (run.summary or {}).get("error")
+                       or "no summary.json (interrupted or running)")
             items.append(f"`{run.name}` ({_status(run)}): {message.strip().splitlines()[-1][:300]}")
         doc.bullets(items)

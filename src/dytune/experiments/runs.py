@@ -197,7 +197,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.summary is not None
+        """summary.json written by a completed run (`dytune train` also writes one when it stops on a NaN)."""
+        return self.summary is not None and self.summary.get("status", "completed") == "completed"
 
     @property
     def norm(self) -> str:
@@ -235,7 +236,8 @@ class Run:
     # final numbers ---------------------------------------------------------------------------------------
     @property
     def val_loss(self) -> float | None:
-        value = _num(pick(self.summary, "val_loss", "eval_loss", "final_val_loss", "val.loss", "eval.loss",
+        value = _num(pick(self.summary, "final_eval.eval_loss", "val_loss", "eval_loss", "final_val_loss", "val.loss",
+                          "eval.loss",
                           "final.val_loss", "metrics.val_loss", "metrics.eval_loss"))
         if value is None and self.eval:
             value = _num(pick(self.eval, "assistant.loss", "models.0.assistant.loss", "loss"))
@@ -248,7 +250,8 @@ class Run:
 
     @property
     def val_ppl(self) -> float | None:
-        value = _num(pick(self.summary, "val_perplexity", "eval_perplexity", "perplexity", "val.perplexity",
+        value = _num(pick(self.summary, "final_eval.eval_ppl", "final_eval.eval_perplexity", "val_perplexity",
+                          "eval_perplexity", "perplexity", "val.perplexity",
                           "eval.perplexity", "final.val_perplexity", "metrics.val_perplexity"))
         if value is None and (loss := self.val_loss) is not None and loss < 50:
             value = math.exp(loss)
@@ -329,7 +332,7 @@ def _facets(path: Path, config: dict, sweep: dict | None) -> dict:
         "norm": str(norm).lower(),
         "dataset": short_name(params.get("data", params.get("dataset", source or "?"))),
         "mode": str(params.get("mode", config.get("mode", "full"))),
-        "seed": params.get("seed", config.get("seed", 0)),
+        "seed": params.get("seed", config.get("seed", 42)),  # TrainingArguments' default seed
     }
     if out["norm"] in ("ln", "layer_norm", "norm", "rmsnorm"):
         out["norm"] = "layernorm"

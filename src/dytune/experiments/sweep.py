@@ -187,6 +187,12 @@ class _Sweep:
         directory = self.run_dir(run)
         done = (directory / "summary.json").is_file()
         previous = _read_json(directory / "sweep_run.json") or {}
+        status = (_read_json(directory / "summary.json") or {}).get("status", "completed") if done else None
+        if done and status != "completed" and not self.force:  # e.g. "stopped: non-finite": resuming repeats it
+            error = (_read_json(directory / "summary.json") or {}).get("error") or status
+            self.fail(run, "train", DytuneError(f"the run ended {status!r}: {error} (change its settings, or pass "
+                                                "--force to train it again)"))
+            return False
         if done and previous.get("fingerprint") not in (None, run.fingerprint) and not self.force:
             self.fail(run, "train", DytuneError(
                 f"{directory} holds a finished run of another config (fingerprint {previous.get('fingerprint')}, "
