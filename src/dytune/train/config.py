@@ -245,13 +245,16 @@ def parse_config(config_file: str | Path | None = None, argv: list[str] | None =
         raise _unknown_key_error(unknown, str(config_file))
     argv, data_flags = _split_data_flags(list(argv or []))
     parser = HfArgumentParser(TrainConfig)
-    # YAML values become the parser's defaults, so flags override the file.
-    parser.set_defaults(**values)
+    # Defaults become a marker so that only flags really given override the file (argparse would also run a
+    # YAML string such as "non_padding" through a field's type if it were set as a default).
+    unset = object()
+    parser.set_defaults(**{key: unset for key in valid})
     namespace, remaining = parser.parse_known_args(argv)
     if remaining:
         flags = [a.lstrip("-").split("=")[0] for a in remaining if a.startswith("-")]
         raise _unknown_key_error(flags or remaining, "the command line")
-    kwargs = {k: v for k, v in vars(namespace).items() if k in valid}
+    kwargs = dict(values)
+    kwargs.update({k: v for k, v in vars(namespace).items() if k in valid and v is not unset})
     if data_flags:
         data = _data_mapping(kwargs.get("data"))
         data.update(data_flags)

@@ -1,0 +1,158 @@
+"""End-to-end runs through Trainer on a tiny model: run directory, metrics, final model, adapter, NaN guard, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import dytune
+from dytune.errors import DytuneError
+from dytune.train import parse_config, train
+from dytune.train.callbacks import read_metrics
+
+
+def test_lora_dyt_run_with_distillation(quick, tmp_path) -> None:
+    cfg = quick(mode="lora+dyt", distill=True, max_grad_norm=1e-5, alpha_lr_multiplier=20.0)
+    summary = train(cfg)
+    run = Path(cfg.output_dir)
+    assert summary["status"] == "completed" and summary["global_step"] == 4
+    for name in ("config.yaml", "data_report.json", "metrics.jsonl", "summary.json", "final", "adapter", "base",
+                 "checkpoint-4"):
+        assert (run / name).exists(), name
+    assert not (run / "checkpoint-2").exists() or (run / "checkpoint-2" / "trainer_state.json").exists()
+    rows = read_metrics(run / "metrics.jsonl")
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    for key in ("grad_norm", "learning_rate", "tokens_per_second", "ce", "kl", "tokens"):
+        assert all(key in r for r in train_rows), key
+    assert all(r["grad_norm"] > 1e-5 for r in train_rows)  # logged before clipping to 1e-5
+    alpha_keys = [k for k in train_rows[0] if k.startswith("alpha/")]
+    assert len(alpha_keys) == 5
+    assert train_rows[0][alpha_keys[0]] != pytest.approx(0.5, abs=1e-6)  # moved already at step 1
+    assert [r["step"] for r in eval_rows][:2] == [2, 4] and all("eval_ppl" in r for r in eval_rows)
+    # final/: LoRA merged, DyT with the trained alpha, EOS list from the chat template
+    final = dytune.load(str(run / "final"))
+    assert type(final).__name__.startswith("DyT")
+    for name, value in summary["alpha"].items():
+        assert float(final.get_submodule(name).alpha.mean()) == pytest.approx(value, abs=1e-6)
+    generation = json.loads((run / "final" / "generation_config.json").read_text())
+    assert 2 in (generation["eos_token_id"] if isinstance(generation["eos_token_id"], list) else [generation["eos_token_id"]])
+    assert (run / "final" / "README.md").is_file()
+    # adapter/: its base is the saved DyT model, and it reproduces the trained alpha
+    adapter_cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert Path(adapter_cfg["base_model_name_or_path"]) == (run / "base").resolve()
+    assert json.loads((run / "base" / "config.json").read_text())["model_type"] == "dytune"
+    from peft import AutoPeftModelForCausalLM
+
+    from dytune.train.trainer import active_norm
+
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(str(run / "adapter"))
+    for name, value in summary["alpha"].items():
+        assert float(active_norm(reloaded, name).alpha.mean()) == pytest.approx(value, abs=1e-6)
+    # config.yaml is a valid config again
+    again = parse_config(run / "config.yaml", [])
+    assert again.mode == "lora+dyt" and again.distill and again.data["source"] == cfg.data["source"]
+
+
+def test_full_mode_distillation_and_layernorm_twin(quick, tmp_path) -> None:
+    dyt = train(quick(mode="full", distill=True, distill_hidden_weight=0.1, output_dir=str(tmp_path / "dyt"),
+                      eval_strategy="no"))
+    twin = train(quick(mode="full", norm="layernorm", distill=True, output_dir=str(tmp_path / "ln"),
+                       eval_strategy="no"))
+    assert dyt["train_tokens"] == twin["train_tokens"]  # same tokens, same order: a fair comparison
+    rows = [r for r in read_metrics(tmp_path / "dyt" / "metrics.jsonl") if "loss" in r]
+    assert all("hidden_mse" in r for r in rows)
+    plain = dytune.load(str(tmp_path / "ln" / "final"))
+    assert type(plain).__name__ == "LlamaForCausalLM" and not twin["alpha"]
+
+
+def test_dyt_only_trains_nothing_else(quick, tiny_dir, tmp_path) -> None:
+    summary = train(quick(mode="dyt-only", output_dir=str(tmp_path / "d")))
+    assert set(summary["trainable_parameters"]) == {"alpha", "affine"}
+    final = dytune.load(str(tmp_path / "d" / "final"))
+    original = dytune.load(str(tiny_dir))
+    for name, param in original.named_parameters():
+        if "norm" not in name:
+            assert torch.equal(final.get_parameter(name), param), name
+
+
+def test_nan_stops_with_a_clear_message(quick, tiny_dir, tmp_path) -> None:
+    model = dytune.load(str(tiny_dir))
+    dytune.convert(model, alpha_init="constant:0.5", progress=False)
+    with torch.no_grad():
+        model.model.layers[1].input_layernorm.alpha.fill_(float("inf"))
+    bad = tmp_path / "bad"
+    dytune.save(model, bad, dytune.load_tokenizer(str(tiny_dir)))
+    with pytest.raises(DytuneError, match=r"non-finite .* step 1.*alpha in model\.layers\.1\.input_layernorm"):
+        train(quick(model=str(bad), mode="dyt-only", output_dir=str(tmp_path / "stop")))
+    assert json.loads((tmp_path / "stop" / "summary.json").read_text())["status"].startswith("stopped")
+    summary = train(quick(model=str(bad), mode="dyt-only", nan_policy="skip", max_steps=2, eval_strategy="no",
+                          output_dir=str(tmp_path / "skip")))
+    assert summary["skipped_steps"] == 2
+
+
+def test_existing_run_needs_resume_or_overwrite(quick, tmp_path) -> None:
+    cfg = quick(mode="dyt-only", max_steps=1, eval_strategy="no", output_dir=str(tmp_path / "r"))
+    train(cfg)
+    with pytest.raises(DytuneError, match="--resume"):
+        train(quick(mode="dyt-only", max_steps=1, eval_strategy="no", output_dir=str(tmp_path / "r")))
+
+
+def test_cli_yaml_and_flags(tmp_path, tiny_dir, chat_data, capsys) -> None:
+    from dytune.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_dir), "data": {"source": str(chat_data), "val_fraction": 0.1,
+                                         "cache_dir": str(tmp_path / "cache")},
+        "mode": "dyt-only", "max_steps": 5, "report_to": "none", "alpha_init": "constant:0.5",
+        "output_dir": str(tmp_path / "cli"), "eval_strategy": "no", "disable_tqdm": True}))
+    assert main(["train", str(config), "--max_steps", "2", "--data.max_samples", "20", "--logging_steps", "1"]) == 0
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["global_step"] == 2
+    resolved = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    assert resolved["data"]["max_samples"] == 20 and resolved["max_steps"] == 2
+    assert main(["train", str(config), "--mode", "lorra"]) == 2
+    assert "mode must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"mode": "qlora"}, "mode must be one of"),
+    ({"norm": "rmsnorm"}, "norm must be one of"),
+    ({"distill_on": "user"}, "distill_on"),
+    ({"fp16": True}, "fp16 needs a CUDA GPU"),
+    ({"progressive_stages": 2}, "progressive_steps"),
+    ({"norm": "layernorm", "local_distill_steps": 3}, "need norm: dyt"),
+    ({"distill_hidden_weight": 1.0}, "needs distill"),
+    ({"max_length": 64, "data": {"source": "x", "max_length": 32}}, "disagree"),
+])
+def test_bad_configs_fail_clearly(bad: dict, message: str) -> None:
+    from dytune.train import TrainConfig
+
+    if bad.get("fp16") and torch.cuda.is_available():
+        pytest.skip("fp16 is allowed with a GPU")
+    with pytest.raises(DytuneError, match=message):
+        TrainConfig(output_dir="unused", **bad)
+
+
+def test_unknown_keys_list_the_valid_ones(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("modle: x\nlearning_rat: 1\n")
+    with pytest.raises(DytuneError) as err:
+        parse_config(config, [])
+    text = str(err.value)
+    assert "learning_rat, modle" in text and "modle -> did you mean mode" in text and "learning_rate" in text
+    assert "dytune keys: model" in text and "per_device_train_batch_size" in text
+    with pytest.raises(DytuneError, match="unknown setting.*lora_rank"):
+        parse_config(None, ["--lora_rank", "8"])
+
+
+def test_defaults_say_what_they_mean() -> None:
+    cfg = parse_config(None, ["--output_dir", "unused"])
+    assert cfg.bf16 is False and cfg.fp16 is False and cfg.activation_checkpointing is False
+    assert cfg.report_to == ["tensorboard"] and cfg.include_num_input_tokens_seen == "non_padding"
