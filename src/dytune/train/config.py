@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,16 @@ class TrainConfig(TrainingArguments):
         if self.fp16 and (self.use_cpu or not cuda):
             raise DytuneError("fp16 needs a CUDA GPU (fp16 mixed precision relies on CUDA's grad scaler); "
                               "on CPU train in float32 (the default) or with bf16: true")
-        if self.bf16 and not cuda:
-            self.use_cpu = True  # transformers otherwise refuses bf16 without a GPU; CPU autocast supports it
+        accelerator = cuda or (hasattr(torch, "xpu") and torch.xpu.is_available()) or torch.backends.mps.is_available()
+        if not accelerator:
+            # Without use_cpu, transformers under torchrun on a CPU machine starts one independent single-process
+            # run per rank (world size 1, all writing the same directory); it also refuses bf16 without a GPU.
+            self.use_cpu = True
         super().__post_init__()
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.world_size != launched:
+            raise DytuneError(f"launched as {launched} processes but training would run with world size "
+                              f"{self.world_size}: each process would train alone and overwrite the others' files")
 
     # -- views --------------------------------------------------------------------------------------------
     def data_spec(self):  # noqa: ANN201 - dytune.data.DataSpec

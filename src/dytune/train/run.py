@@ -47,17 +47,19 @@ def _resume_checkpoint(cfg: TrainConfig, run: Path) -> str | None:
             raise DytuneError(f"resume_from_checkpoint {cfg.resume_from_checkpoint} is not a directory")
         return cfg.resume_from_checkpoint
     last = get_last_checkpoint(str(run)) if run.is_dir() else None
+    # Every process decides from the same, untouched directory; only then does the first one change it.
+    holds_run = run.is_dir() and bool(last or (run / "final").exists() or (run / "metrics.jsonl").exists())
+    _barrier()
     if cfg.resume:
         if last is None:
             _log(cfg, f"resume: no checkpoint in {run}, starting from the beginning")
         return last
-    if run.is_dir() and any(run.iterdir()):
-        if not cfg.overwrite and (last or (run / "final").exists() or (run / "metrics.jsonl").exists()):
-            raise DytuneError(f"{run} already holds a run: pass --resume to continue it, --overwrite to start "
-                              "again, or another --output_dir")
-        if cfg.overwrite and cfg.process_index == 0:
-            shutil.rmtree(run)
-        _barrier()
+    if holds_run and not cfg.overwrite:
+        raise DytuneError(f"{run} already holds a run: pass --resume to continue it, --overwrite to start "
+                          "again, or another --output_dir")
+    if cfg.overwrite and run.is_dir() and cfg.process_index == 0:
+        shutil.rmtree(run)
+    _barrier()
     return None
 
 

@@ -226,7 +226,10 @@ class DytuneTrainer(Trainer):
 def _fsync_tree(path: str) -> None:
     for root, _, files in os.walk(path):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except FileNotFoundError:  # a temporary file its writer has already renamed
+                continue
             try:
                 os.fsync(fd)
             finally:
