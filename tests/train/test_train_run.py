@@ -156,3 +156,15 @@ def test_defaults_say_what_they_mean() -> None:
     cfg = parse_config(None, ["--output_dir", "unused"])
     assert cfg.bf16 is False and cfg.fp16 is False and cfg.activation_checkpointing is False
     assert cfg.report_to == ["tensorboard"] and cfg.include_num_input_tokens_seen == "non_padding"
+
+
+@pytest.mark.parametrize("name", ["smollm2_cpu_lora_dyt.yaml", "fsdp2_llama3b.yaml"])
+def test_shipped_configs_parse(name: str) -> None:
+    from dytune.train.config import load_yaml, valid_keys
+
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    values = load_yaml(path)
+    assert not set(values) - set(valid_keys())
+    if name.startswith("smollm2"):
+        cfg = parse_config(path, ["--output_dir", "unused"])
+        assert cfg.mode == "lora+dyt" and cfg.distill and cfg.data_spec().max_length == 512

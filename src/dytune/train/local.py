@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dytune.dyt import DyT
-from dytune.train.teacher import OriginalNorms
+from dytune.train.teacher import _base
 
 
 def _nmse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -32,14 +32,15 @@ def _first(value) -> torch.Tensor:  # noqa: ANN001
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
-def local_distill(model: nn.Module, originals: OriginalNorms, batches: Iterable[dict], *, steps: int,
+def local_distill(model: nn.Module, teacher, batches: Iterable[dict], *, steps: int,  # noqa: ANN001
                   lr: float = 1e-3, params: str = "dyt", progress: bool = True) -> dict:
-    """Train DyT parameters (`params="dyt"`) or whole blocks (`"block"`) block by block; returns a summary."""
+    """Train DyT parameters (`params="dyt"`) or whole blocks (`"block"`) block by block; returns a summary.
+
+    `teacher`: an `OriginalNorms` (same weights, original norms) or a `FrozenTeacher` (a separate original model)."""
     from dytune.norms import _find_blocks
 
     prefix, blocks = _find_blocks(model)
-    sites = originals.names
-    outer = [s for s in sites if not s.startswith(prefix + ".")]
+    outer = [n for n, m in model.named_modules() if isinstance(m, DyT) and not n.startswith(prefix + ".")]
     if params == "dyt":
         trainable = [p for m in model.modules() if isinstance(m, DyT) for p in m.parameters()]
     else:
@@ -61,17 +62,18 @@ def local_distill(model: nn.Module, originals: OriginalNorms, batches: Iterable[
             tokens += int(mask.sum())
             caps: dict = {}
             handles = []
-            for i, block in enumerate(blocks):
-                handles.append(block.register_forward_pre_hook(
-                    lambda m, a, k, i=i: caps.__setitem__(i, [a, k, None]), with_kwargs=True))
-                handles.append(block.register_forward_hook(
-                    lambda m, a, o, i=i: caps[i].__setitem__(2, _first(o).detach())))
-            with torch.no_grad(), originals.teacher(model):
+            with torch.no_grad(), teacher.teacher(model) as teacher_model:
+                t_base = _base(teacher_model)
+                for i, block in enumerate(_find_blocks(t_base)[1]):
+                    handles.append(block.register_forward_pre_hook(
+                        lambda m, a, k, i=i: caps.__setitem__(i, [a, k, None]), with_kwargs=True))
+                    handles.append(block.register_forward_hook(
+                        lambda m, a, o, i=i: caps[i].__setitem__(2, _first(o).detach())))
                 for name in outer:  # after the teacher's hooks, so these see the original norm's output
-                    handles.append(model.get_submodule(name).register_forward_hook(
+                    handles.append(t_base.get_submodule(name).register_forward_hook(
                         lambda m, a, o, name=name: caps.__setitem__(name, [a[0].detach(), o.detach()])))
                 try:
-                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    teacher_model(input_ids=ids, attention_mask=mask, use_cache=False)
                 finally:
                     for h in handles:
                         h.remove()

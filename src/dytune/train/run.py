@@ -93,9 +93,8 @@ def _prepare_model(cfg: TrainConfig, tokenizer: Any):  # noqa: ANN202
         originals = OriginalNorms.from_converted(model)
     elif cfg.norm == "layernorm" and cfg.distill and cfg.mode != "full":
         originals = OriginalNorms.snapshot(model, norm_module_names(model, "layernorm"))
-    if (cfg.progressive_stages or cfg.local_distill_steps) and originals is None:
-        raise DytuneError("progressive_stages / local_distill_steps need the original norms: give the unconverted "
-                          "model and norm: dyt")
+    if cfg.progressive_stages and originals is None:
+        raise DytuneError("progressive_stages needs the original norms: give the unconverted model and norm: dyt")
     if cfg.distill:
         if cfg.teacher is not None:
             teacher = FrozenTeacher(load_model(cfg.teacher, attn_implementation=cfg.attn_implementation))
@@ -129,6 +128,7 @@ def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = N
     from dytune.train.callbacks import MetricsJsonl
     from dytune.train.collate import PadCollator
     from dytune.train.outputs import save_adapter, set_generation_eos, write_json
+    from dytune.train.teacher import FrozenTeacher
     from dytune.train.trainable import apply_mode, classify_parameters
     from dytune.train.trainer import DytuneTrainer, NonFiniteError, alpha_values
 
@@ -169,7 +169,10 @@ def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = N
                             batch_size=cfg.per_device_train_batch_size, shuffle=True, generator=gen,
                             collate_fn=collator)
         _log(cfg, f"block-wise distillation: {cfg.local_distill_steps} steps")
-        local = local_distill(model, originals, loader, steps=cfg.local_distill_steps, lr=cfg.local_distill_lr,
+        if (teacher or originals) is None:
+            raise DytuneError("local_distill_steps needs the original model: convert here (norm: dyt on the "
+                              "unconverted model) or set teacher:")
+        local = local_distill(model, teacher or originals, loader, steps=cfg.local_distill_steps, lr=cfg.local_distill_lr,
                               params=cfg.local_distill_params, progress=main)
 
     lora = cfg.mode in ("lora", "lora+dyt")
@@ -190,6 +193,8 @@ def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = N
                             data_collator=collator, processing_class=tokenizer, dytune_config=cfg, teacher=teacher,
                             norm_names=result.norm_names, originals=originals,
                             callbacks=[MetricsJsonl(run / "metrics.jsonl"), *(callbacks or [])])
+    if isinstance(teacher, FrozenTeacher) and trainer.is_fsdp_enabled:
+        teacher.shard(cfg.device)  # the full-mode teacher copy is sharded too (UNVERIFIED until run on GPUs)
     if checkpoint is not None:
         import json
 

@@ -99,11 +99,24 @@ class FrozenTeacher:
         self.model = model.eval()
         self.model.requires_grad_(False)
 
+    def shard(self, device: torch.device) -> None:
+        """Under FSDP2, shard the teacher like the student (each block, then the root) so that no process holds
+        a whole second model. Unverified on GPUs so far."""
+        from torch.distributed.fsdp import fully_shard
+
+        from dytune.norms import _find_blocks
+
+        self.model.to(device)
+        _, blocks = _find_blocks(self.model)
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(self.model)
+
     @contextlib.contextmanager
     def teacher(self, student: nn.Module) -> Iterator[nn.Module]:
         param = next(student.parameters())
         first = next(self.model.parameters())
-        if first.device != param.device:
+        if first.device != param.device and not hasattr(first, "device_mesh"):
             self.model.to(param.device)
         yield self.model
 
