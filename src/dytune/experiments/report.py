@@ -142,10 +142,11 @@ def _table(doc: Document, runs: list[Run], rows: list[dict]) -> None:
 
 def build_report(paths: list[str | Path] | None = None, out: str | Path = "report", *, runs: list[Run] | None = None,
                  title: str = "dytune report: LayerNorm vs DyT", intro: list[str] | None = None,
-                 extra=None) -> dict:
+                 extra=None, gap: bool = True) -> dict:
     """Read runs, draw the figures, write `report.md`, `report.html` and `report.json` into `out`.
 
     extra: a callable `(doc, out_dir) -> None` that adds sections before the runs' (the demo's).
+    gap: include the gap-against-model-size section.
     Returns {"markdown", "html", "json", "figures", "rows", "headline"}.
     """
     runs = runs if runs is not None else find_runs(list(paths or []))
@@ -162,7 +163,7 @@ def build_report(paths: list[str | Path] | None = None, out: str | Path = "repor
         extra(doc, out_dir)
     figures: list[Path] = []
     if runs:
-        _runs_sections(doc, runs, rows, head, out_dir, figures)
+        _runs_sections(doc, runs, rows, head, out_dir, figures, gap)
     md, page = doc.write(out_dir)
     data = {"headline": head, "rows": rows, "figures": [p.name for p in figures]}
     (out_dir / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -171,7 +172,7 @@ def build_report(paths: list[str | Path] | None = None, out: str | Path = "repor
 
 
 def _runs_sections(doc: Document, runs: list[Run], rows: list[dict], head: dict, out_dir: Path,
-                   figures: list[Path]) -> None:
+                   figures: list[Path], gap: bool = True) -> None:
     n_fail = len(head["failed"])
     doc.heading("Runs")
     summary = (f"{head['runs']} runs: {head['finished']} finished"
@@ -211,17 +212,8 @@ def _runs_sections(doc: Document, runs: list[Run], rows: list[dict], head: dict,
         figures.append(path)
         doc.image(path, caption, out_dir)
 
-    doc.heading("Gap against model size")
-    points = gap_points(runs, rows)
-    path = plots.gap_vs_size(points, out_dir / "gap_vs_size.png")
-    if path is None:
-        doc.para("*No DyT run has a finished LayerNorm twin with a known model size: no gap to plot.*")
-    else:
-        figures.append(path)
-        sizes = {p["parameters"] for p in points}
-        note = "" if len(sizes) > 1 else " Only one model size is in these runs: the trend needs more."
-        doc.image(path, "DyT - LayerNorm validation loss against model parameters (mean over seeds; dots: seeds)."
-                  + note, out_dir)
+    if gap:
+        _gap_section(doc, runs, rows, out_dir, figures)
 
     problems = [r for r in runs if _status(r) != "finished"]
     if problems:
@@ -232,3 +224,17 @@ def _runs_sections(doc: Document, runs: list[Run], rows: list[dict], head: dict,
                        or "no summary.json (interrupted or running)")
             items.append(f"`{run.name}` ({_status(run)}): {message.strip().splitlines()[-1][:300]}")
         doc.bullets(items)
+
+
+def _gap_section(doc: Document, runs: list[Run], rows: list[dict], out_dir: Path, figures: list[Path]) -> None:
+    doc.heading("Gap against model size")
+    points = gap_points(runs, rows)
+    path = plots.gap_vs_size(points, out_dir / "gap_vs_size.png")
+    if path is None:
+        doc.para("*No DyT run has a finished LayerNorm twin with a known model size: no gap to plot.*")
+        return
+    figures.append(path)
+    sizes = {p["parameters"] for p in points}
+    note = "" if len(sizes) > 1 else " Only one model size is in these runs: the trend needs more."
+    doc.image(path, "DyT - LayerNorm validation loss against model parameters (mean over seeds; dots: seeds)."
+              + note, out_dir)
