@@ -168,3 +168,27 @@ def test_shipped_configs_parse(name: str) -> None:
     if name.startswith("smollm2"):
         cfg = parse_config(path, ["--output_dir", "unused"])
         assert cfg.mode == "lora+dyt" and cfg.distill and cfg.data_spec().max_length == 512
+
+
+def test_progressive_conversion_and_block_wise_stage(quick, tmp_path) -> None:
+    summary = train(quick(mode="dyt-only", distill=True, progressive_stages=2, progressive_steps=2,
+                          local_distill_steps=2, local_distill_lr=1e-2, eval_strategy="no",
+                          report_to="tensorboard", output_dir=str(tmp_path / "p")))
+    assert summary["local_distill"]["steps"] == 2 and summary["local_distill"]["tokens"] > 0
+    rows = [r for r in read_metrics(tmp_path / "p" / "metrics.jsonl") if "loss" in r]
+    assert [r["progressive_stage"] for r in rows] == [0, 0, 1, 1]
+    late = ["alpha/model.layers.1.post_attention_layernorm", "alpha/model.norm"]  # the second stage's sites
+    early = "alpha/model.layers.0.input_layernorm"
+    start = {k: rows[0][k] for k in late}
+    assert all(rows[1][k] == start[k] for k in late)  # not converted yet: no gradient reaches them
+    assert rows[1][early] != rows[0][early]
+    assert all(rows[3][k] != start[k] for k in late)  # converted at step 3: they train
+    assert list((tmp_path / "p" / "runs").rglob("events.out.tfevents.*"))  # TensorBoard got the metrics
+
+
+def test_bf16_autocast_trains_alpha_in_float32(quick, tmp_path) -> None:
+    summary = train(quick(mode="lora+dyt", bf16=True, max_steps=2, eval_strategy="no", alpha_lr_multiplier=10.0,
+                          output_dir=str(tmp_path / "bf16")))
+    assert all(abs(a - 0.5) > 1e-3 for a in summary["alpha"].values())  # bf16 spacing would swallow small steps
+    final = dytune.load(str(tmp_path / "bf16" / "final"))
+    assert final.model.norm.alpha.dtype == torch.float32
