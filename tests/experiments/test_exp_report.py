@@ -142,3 +142,13 @@ def test_report_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DytuneError, match="neither a run directory"):
         build_report([tmp_path / "empty"], tmp_path / "out")
+
+
+def test_report_on_a_shell_glob_of_a_sweep_directory(study, tmp_path):
+    (study / "configs").mkdir()
+    (study / "configs" / "x.yaml").write_text("model: m\n")
+    (study / "sweep_summary.json").write_text("{}")
+    runs = find_runs(sorted(study.iterdir()))  # what `dytune report runs/sweep/*` passes
+    assert len(runs) == 9 and "configs" not in {r.name for r in runs}
+    with pytest.raises(DytuneError, match="no run directory"):
+        find_runs([study / "configs", study / "sweep_summary.json"])

@@ -368,24 +368,41 @@ def _is_run_dir(path: Path) -> bool:
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
-    """Runs from run directories and sweep directories (any directory whose subdirectories are runs)."""
+    """Runs from run directories and sweep directories (any directory whose subdirectories are runs).
+
+    With several paths (a shell glob such as `runs/sweep/*`), files and folders that hold no run are skipped;
+    a single path that holds none is an error."""
+    import sys
+
     runs: list[Run] = []
     seen: set[Path] = set()
+    skipped: list[str] = []
     for p in paths:
         path = Path(p)
         if not path.is_dir():
+            if len(paths) > 1 and path.exists():
+                skipped.append(str(path))
+                continue
             raise DytuneError(f"not a directory: {path} (give run directories or a sweep directory)")
         if _is_run_dir(path) and not (path / "sweep_summary.json").is_file():
             dirs = [path]
         else:
             dirs = sorted(d for d in path.iterdir() if d.is_dir() and _is_run_dir(d))
             if not dirs:
+                if len(paths) > 1:
+                    skipped.append(str(path))
+                    continue
                 raise DytuneError(f"{path} is neither a run directory (metrics.jsonl, summary.json or a config) nor "
                                   "a folder of them")
         for d in dirs:
             if d.resolve() not in seen:
                 seen.add(d.resolve())
                 runs.append(load_run(d))
+    if not runs:
+        raise DytuneError(f"no run directory among {', '.join(map(str, paths))}")
+    if skipped:
+        print(f"dytune report: skipped {len(skipped)} path(s) that hold no run: {', '.join(skipped[:5])}"
+              + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
     return runs
 
 
