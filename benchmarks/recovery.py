@@ -44,7 +44,8 @@ COMMON = dict(lr_scheduler_type="constant_with_warmup", warmup_steps=2, weight_d
               logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
               eval_strategy="steps", eval_on_start=True, per_device_eval_batch_size=8)
 ARMS: dict[str, dict] = {
-    "study": dict(norm="dyt", source="study", mode="lora", learning_rate=2e-4, distill=False),
+    # nan_policy skip: with alpha 0.5 and gamma/beta dropped the gradient norm overflows (see the README)
+    "study": dict(norm="dyt", source="study", mode="lora", learning_rate=2e-4, distill=False, nan_policy="skip"),
     "study-twin": dict(norm="layernorm", mode="lora", learning_rate=2e-4, distill=False),
     "ours-full": dict(norm="dyt", source="ours", mode="full", learning_rate=1e-4, distill=True,
                       alpha_lr_multiplier=10.0, local=True),
@@ -154,6 +155,7 @@ def run_arm(name: str, spec: dict, data: dict, models: dict, args: argparse.Name
              for r in rows if "eval_loss" in r]
     return {"settings": {k: v for k, v in values.items() if k not in ("data",)}, "curve": curve,
             "local_distill": summary.get("local_distill"), "train_tokens": summary["train_tokens"],
+            "steps": summary["global_step"], "skipped_steps": summary.get("skipped_steps", 0),
             "tokens_per_second": summary.get("tokens_per_second"), "wall_s": time.time() - t}
 
 
@@ -267,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
             result["original_ce"] = old.get("original_ce")
     for name in names:
         print(f"== {name}", file=sys.stderr, flush=True)
-        result["arms"][name] = run_arm(name, ARMS[name], data, models, args)
-        if ARMS[name]["norm"] == "layernorm" and result["arms"][name]["curve"]:
+        try:
+            result["arms"][name] = run_arm(name, ARMS[name], data, models, args)
+        except Exception as err:  # noqa: BLE001 - one failed arm is a result too; the others still run
+            print(f"arm {name} failed: {err}", file=sys.stderr, flush=True)
+            result["arms"][name] = {"error": str(err), "curve": []}
+        if ARMS[name]["norm"] == "layernorm" and result["arms"][name].get("curve"):
             result["original_ce"] = result["arms"][name]["curve"][0]["ce"]  # step 0 of a twin = the original
         if result.get("original_ce") is None:
             result["original_ce"] = original_ce(args, data)

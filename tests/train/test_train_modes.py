@@ -169,3 +169,16 @@ def test_unknown_architecture_needs_explicit_targets() -> None:
     model.config.model_type = "mystery"
     with pytest.raises(DytuneError, match="lora_target_modules"):
         default_targets(model)
+
+
+def test_relative_alpha_learning_rates() -> None:
+    model = tiny_model("llama")
+    dytune.convert(model, alpha_init="constant:0.5", progress=False)
+    with torch.no_grad():
+        model.model.norm.alpha.fill_(8.0)
+    result = apply_mode(model, "dyt-only", "dyt")
+    groups = param_groups(result.model, 1e-3, 0.0, alpha_lr_multiplier=2.0, alpha_lr_relative=True)
+    alpha_groups = [g for g in groups if g["name"].startswith("alpha.")]
+    assert len(alpha_groups) == 5 and all(len(g["params"]) == 1 for g in alpha_groups)
+    lrs = {float(g["params"][0].mean()): g["lr"] for g in alpha_groups}
+    assert lrs[8.0] == pytest.approx(16e-3) and lrs[0.5] == pytest.approx(1e-3)

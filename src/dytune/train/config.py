@@ -60,6 +60,8 @@ class TrainConfig(TrainingArguments):
         "help": "module names to adapt (default per architecture); a name that matches nothing is an error"})
     # -- optimizer groups ---------------------------------------------------------------------------------------
     alpha_lr_multiplier: float = field(default=1.0, metadata={"help": "learning-rate multiplier for DyT alpha"})
+    alpha_lr_relative: bool = field(default=False, metadata={
+        "help": "scale each alpha's learning rate by its own |alpha| (same relative step for alpha 0.02 and 12)"})
     affine_lr_multiplier: float = field(default=1.0, metadata={
         "help": "learning-rate multiplier for DyT gamma/beta (and norm weights in the LayerNorm twin)"})
     # -- distillation from the original model ---------------------------------------------------------------

@@ -148,8 +148,12 @@ def classify_parameters(model: nn.Module) -> dict[str, str]:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_multiplier: float = 1.0,
-                 affine_lr_multiplier: float = 1.0) -> list[dict]:
-    """Optimizer groups with names; empty groups are left out."""
+                 affine_lr_multiplier: float = 1.0, alpha_lr_relative: bool = False) -> list[dict]:
+    """Optimizer groups with names; empty groups are left out.
+
+    `alpha_lr_relative`: one group per DyT alpha with its learning rate scaled by that alpha's current mean
+    |value|, so that an Adam step changes every alpha by about the same *fraction* (calibrated alphas of one
+    model span 0.02 to 12: one absolute rate is too large for some layers and too small for others)."""
     settings = {
         "decay": (lr, weight_decay),
         "no_decay": (lr, 0.0),
@@ -160,5 +164,11 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_mult
     params = dict(model.named_parameters())
     for name, group in classify_parameters(model).items():
         members[group].append(params[name])
-    return [{"name": g, "params": members[g], "lr": settings[g][0], "weight_decay": settings[g][1]}
-            for g in settings if members[g]]
+    groups = [{"name": g, "params": members[g], "lr": settings[g][0], "weight_decay": settings[g][1]}
+              for g in settings if members[g] and not (g == "alpha" and alpha_lr_relative)]
+    if alpha_lr_relative:
+        for i, alpha in enumerate(members["alpha"]):
+            scale = max(float(alpha.detach().abs().mean()), 1e-3)
+            groups.append({"name": f"alpha.{i}", "params": [alpha], "lr": settings["alpha"][0] * scale,
+                           "weight_decay": 0.0})
+    return groups
