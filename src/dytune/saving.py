@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -62,6 +64,23 @@ def write_model_card(model: torch.nn.Module, out_dir: str | Path, extra: str = "
     Path(out_dir, "README.md").write_text(card)
 
 
+@contextmanager
+def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `out_dir`; on success it replaces `out_dir` in one rename, on error
+    it is removed, so a reader never sees a half-written directory."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, *, overwrite: bool = False,  # noqa: ANN001
          card_extra: str = "", extra_files: dict[str, dict] | None = None) -> Path:
     """Save `model` (DyT or plain) as safetensors + config (+ tokenizer, model card), atomically.
@@ -74,9 +93,7 @@ def save(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, *, overwri
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise DytuneError(f"{out} already exists: choose another output directory or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -84,12 +101,6 @@ def save(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, *, overwri
             write_model_card(model, tmp, card_extra)
         for name, payload in (extra_files or {}).items():
             Path(tmp, name).write_text(json.dumps(payload, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -153,12 +153,3 @@ def tiny_pairrm_config(pairrm_tokenizer):
 def randomize():
     """`randomize(model, seed)`: spread-out random weights."""
     return randomize_
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; with two, OpenMP stalls whenever other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

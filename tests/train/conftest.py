@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from dytune.testing import tiny_model, tiny_tokenizer
 
@@ -53,12 +52,3 @@ def quick(tmp_path, tiny_dir, chat_data):
         return TrainConfig(**values)
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

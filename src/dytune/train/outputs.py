@@ -4,13 +4,12 @@ base a saved DyT model in `base/`), the generation config's EOS list, `summary.j
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from dytune.saving import atomic_directory
 
 
 def end_of_turn_ids(tokenizer: Any, chat_template: str | None = None) -> list[int]:
@@ -49,21 +48,13 @@ def set_generation_eos(model: nn.Module, tokenizer: Any, chat_template: str | No
 
 def save_adapter(peft_model: nn.Module, out_dir: Path, base_dir: Path) -> Path:
     """Save the adapter (LoRA + modules_to_save, so trained DyT too) pointing at the saved DyT base, atomically."""
-    out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         peft_model.save_pretrained(tmp)
         config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
         # Pointing at the LayerNorm original would make AutoPeftModelForCausalLM load LayerNorms and drop alpha.
         config["base_model_name_or_path"] = str(Path(base_dir).resolve())
         config_path.write_text(json.dumps(config, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
