@@ -63,7 +63,7 @@ def _args(kind: str, out: str, steps: int, batch: int, logging_steps: int):  # n
     common = dict(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
                   logging_steps=logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
                   disable_tqdm=True, seed=0, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
-                  optim="adamw_torch", dataloader_num_workers=0)
+                  optim="adamw_torch", dataloader_num_workers=0, include_num_input_tokens_seen="non_padding")
     if kind == "plain":
         from transformers import TrainingArguments
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[kind].extend(cpu_s)
                 print(f"round {r} {kind}: median step {statistics.median(wall):.3f}s wall, "
                       f"{statistics.median(cpu_s):.3f}s cpu", file=sys.stderr, flush=True)
-    tokens_per_step = tokens["plain"] / args.steps
+    tokens_per_step = tokens["dytune"] / args.steps  # non-padding tokens, the same batches in every arm
     result: dict = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                                 "torch": torch.__version__, "device": "cpu"},
                     "settings": vars(args), "tokens_per_step": tokens_per_step, "arms": {}}
