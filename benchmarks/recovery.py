@@ -20,6 +20,9 @@ Arms (`--arms`, default all):
   ours-full-twin     LayerNorm twin of ours-full (same loss, frozen-copy teacher)
   ours-lora+dyt      as ours-full with LoRA + trainable DyT instead of full fine-tuning
   ours-lora+dyt-twin LayerNorm twin of ours-lora+dyt
+Levers (not in the default list): lever-block-local (block-wise stage trains whole blocks, not only DyT),
+lever-relative-alpha (alpha learning rate proportional to each |alpha|), lever-hidden (+ per-layer hidden-state
+matching), each ours-full with that one change; run them with --arms and they join the existing JSON.
 Writes benchmarks/results/recovery.json and recovery.png (`--out`).
 """
 
@@ -53,7 +56,16 @@ ARMS: dict[str, dict] = {
     "ours-lora+dyt": dict(norm="dyt", source="ours", mode="lora+dyt", learning_rate=5e-4, distill=True,
                           alpha_lr_multiplier=10.0, local=True),
     "ours-lora+dyt-twin": dict(norm="layernorm", mode="lora+dyt", learning_rate=5e-4, distill=True),
+    # levers, each ours-full with one change (compared with ours-full and its twin)
+    "lever-block-local": dict(norm="dyt", source="ours", mode="full", learning_rate=1e-4, distill=True,
+                              alpha_lr_multiplier=10.0, local=True, local_params="block", twin="ours-full-twin"),
+    "lever-relative-alpha": dict(norm="dyt", source="ours", mode="full", learning_rate=1e-4, distill=True,
+                                 alpha_lr_multiplier=100.0, alpha_lr_relative=True, local=True,
+                                 twin="ours-full-twin"),
+    "lever-hidden": dict(norm="dyt", source="ours", mode="full", learning_rate=1e-4, distill=True,
+                         alpha_lr_multiplier=10.0, local=True, distill_hidden_weight=1.0, twin="ours-full-twin"),
 }
+DEFAULT_ARMS = ["study", "study-twin", "ours-full", "ours-full-twin", "ours-lora+dyt", "ours-lora+dyt-twin"]
 
 
 def _sharegpt_path() -> str:
@@ -133,6 +145,8 @@ def run_arm(name: str, spec: dict, data: dict, models: dict, args: argparse.Name
     from dytune.train.callbacks import read_metrics
 
     spec = dict(spec)
+    spec.pop("twin", None)
+    local_params = spec.pop("local_params", "dyt")
     local = spec.pop("local", False) and args.local_steps > 0
     source = spec.pop("source", None)
     model = models[source] if spec["norm"] == "dyt" else args.model
@@ -146,7 +160,8 @@ def run_arm(name: str, spec: dict, data: dict, models: dict, args: argparse.Name
     if spec["norm"] == "dyt" and spec.get("distill"):
         values["teacher"] = args.model  # converted in another process: distil from the original by name
     if local:
-        values.update(local_distill_steps=args.local_steps, local_distill_lr=args.local_lr)
+        values.update(local_distill_steps=args.local_steps, local_distill_lr=args.local_lr,
+                      local_distill_params=local_params)
     t = time.time()
     summary = train(TrainConfig(**values), callbacks=[TokenBudget(args.tokens).callback])
     rows = read_metrics(args.work / name / "metrics.jsonl")
@@ -160,6 +175,8 @@ def run_arm(name: str, spec: dict, data: dict, models: dict, args: argparse.Name
 
 
 def _twin(name: str) -> str | None:
+    if ARMS.get(name, {}).get("twin"):
+        return ARMS[name]["twin"]
     twin = f"{name}-twin"
     return twin if twin in ARMS and not name.endswith("-twin") else None
 
@@ -212,9 +229,12 @@ def plot(result: dict, path: Path) -> None:
     for name, arm in result["arms"].items():
         xs = [p["tokens"] for p in arm["curve"]]
         ys = [p["gap"] for p in arm["curve"]]
-        ax.plot(xs, ys, marker="o", linestyle="--" if name.endswith("-twin") else "-", label=name)
+        style = "--" if name.endswith("-twin") else (":" if name.startswith("lever") else "-")
+        ax.plot(xs, ys, marker="o", linestyle=style, label=name)
     ax.axhline(0.10, color="grey", linewidth=0.8, linestyle=":", label="target gap 0.10 nat")
     ax.set_yscale("symlog", linthresh=0.1)
+    top = max((p["gap"] for a in result["arms"].values() for p in a["curve"] if p.get("gap") is not None), default=1)
+    ax.set_ylim(top=max(1.0, top) * 2)
     ax.set_xlabel("training tokens (incl. block-wise distillation)")
     ax.set_ylabel("held-out CE - original CE (nat)")
     ax.set_title("SmolLM2-135M: DyT recovery vs LayerNorm twins (held-out Alpaca, assistant tokens)")
@@ -228,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="minutes, not hours: small budget, short sequences")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument("--tokens", type=int, default=None, help="training tokens per arm (default 500k; quick 8k)")
     p.add_argument("--max-length", type=int, default=None, help="default 512 (quick 192)")
     p.add_argument("--batch", type=int, default=4)
