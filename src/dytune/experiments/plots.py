@@ -105,7 +105,7 @@ def _slug(text: str) -> str:
 
 
 def loss_curves(runs: list[Run], out_dir: Path) -> list[Path]:
-    """One figure per dataset: train loss (solid; EMA-smoothed over a faint raw curve when long) and
+    """One figure per dataset: train cross-entropy (solid; EMA-smoothed over a faint raw curve when long) and
     validation loss (dashed) against steps, one panel per setting (model, mode, ...) holding the LayerNorm
     run and its DyT twins; DyT variants (alpha init, recipe, ...) are told apart by markers."""
     from dytune.experiments.runs import is_dyt_only
@@ -142,7 +142,7 @@ def loss_curves(runs: list[Run], out_dir: Path) -> list[Path]:
                 ax.legend(frameon=False, fontsize=7, title="train curves", title_fontsize=7)
             ax.set_title(label or dataset)
             ax.set_xlabel("optimizer step")
-            ax.set_ylabel("loss (nats / token)")
+            ax.set_ylabel("cross-entropy (nats / token)")
         norms = sorted({r.norm for r in group})
         fig.legend(handles=_norm_handles(plt, norms, {"train": {"lw": 1.6}, "validation": {"ls": "--", "marker": "o"}}),
                    loc="upper center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 1.0))
@@ -239,6 +239,9 @@ def alpha_trajectories(runs: list[Run], path: Path, max_runs: int = 12) -> Path 
         for i, (layer, (xs, ys)) in enumerate(series.items()):  # colour = relative depth, 0 first .. 1 last
             ax.plot(xs, ys, color=cmap(i / max(1, len(series) - 1)), lw=1.0, marker="o" if len(xs) <= 3 else None,
                     ms=3)
+        values = [v for _, ys in series.values() for v in ys if v > 0]
+        if values and max(values) / min(values) > 20:
+            ax.set_yscale("log")  # alphas of one model can span three decades (massive activations)
         ax.set_title(setting_label(run, keys) or run.name)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("alpha (mean over channels)")

@@ -195,7 +195,8 @@ def _runs_sections(doc: Document, runs: list[Run], rows: list[dict], head: dict,
     doc.heading("Training curves")
     for path in plots.loss_curves(runs, out_dir):
         figures.append(path)
-        doc.image(path, f"Train loss (solid) and validation loss (dashed) against optimizer steps, LayerNorm (blue) "
+        doc.image(path, f"Train cross-entropy (solid; without distillation terms) and validation loss (dashed) against "
+                        f"optimizer steps, LayerNorm (blue) "
                         f"vs DyT (orange): {path.stem.removeprefix('loss_')}", out_dir)
     for fn, name, caption in (
         (plots.perplexity_per_epoch, "perplexity.png", "Validation perplexity per epoch (colour: LayerNorm blue, "

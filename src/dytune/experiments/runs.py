@@ -100,7 +100,11 @@ def canonical(record: dict) -> dict:
         if "train_runtime" in record:  # Trainer's end-of-training record: a run average, not a point
             return {k: v for k, v in out.items() if v is not None and k in ("step", "epoch")}
         if out["val_loss"] is None or any(k in record for k in ("train_loss", "train/loss")):
-            out["train_loss"] = _num(pick(record, *_TRAIN_KEYS["train_loss"]))
+            # dytune logs the CE part as `ce` beside the total `loss` (which adds the distillation terms):
+            # the CE is what compares with the validation loss and across recipes
+            out["train_loss"] = _num(pick(record, "ce", *_TRAIN_KEYS["train_loss"]))
+            if "ce" in record and (total := _num(record.get("loss"))) is not None:
+                out["train_objective"] = total
         for name in ("grad_norm", "lr", "tokens_per_s"):
             out[name] = _num(pick(record, *_TRAIN_KEYS[name]))
     if out.get("val_loss") is not None and out.get("val_ppl") is None and out["val_loss"] < 50:
