@@ -100,3 +100,33 @@ def test_launch_command(tmp_path):
         "accelerate", "launch", "--num_processes", "8", "-m", "dytune.cli", "train", str(cfg)]
     assert launch_command("torchrun --nproc-per-node 2 train.py {config}", cfg)[-1] == str(cfg)
     assert launch_command(None, cfg)[1:] == ["-m", "dytune.cli", "train", str(cfg)]
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("sweep_file", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweeps_expand_to_valid_train_configs(sweep_file, monkeypatch):
+    pytest.importorskip("dytune.train", reason="dytune.train is not in this checkout")
+    from dataclasses import fields
+
+    from dytune.data import DataSpec
+    from dytune.train.config import valid_keys
+
+    monkeypatch.chdir(REPO)  # `base:` paths are relative to the repository root
+    grid = load_grid(sweep_file)
+    assert grid.runs and len({r.name for r in grid.runs}) == len(grid.runs)
+    keys, data_keys = set(valid_keys()), {f.name for f in fields(DataSpec)}
+    for run in grid.runs:
+        assert set(run.config) <= keys, set(run.config) - keys
+        assert set(run.config.get("data") or {}) <= data_keys
+        assert not ("max_length" in run.config and "max_length" in (run.config.get("data") or {}))
+
+
+@pytest.mark.parametrize("config_file", sorted((REPO / "configs" / "study").glob("*.yaml")), ids=lambda p: p.stem)
+def test_study_configs_use_valid_keys(config_file):
+    pytest.importorskip("dytune.train", reason="dytune.train is not in this checkout")
+    from dytune.train.config import valid_keys
+
+    config = yaml.safe_load(config_file.read_text())
+    assert set(config) <= set(valid_keys()), set(config) - set(valid_keys())
