@@ -172,11 +172,16 @@ def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = N
         if (teacher or originals) is None:
             raise DytuneError("local_distill_steps needs the original model: convert here (norm: dyt on the "
                               "unconverted model) or set teacher:")
-        local = local_distill(model, teacher or originals, loader, steps=cfg.local_distill_steps, lr=cfg.local_distill_lr,
-                              params=cfg.local_distill_params, progress=main)
+        local = local_distill(model, teacher or originals, loader, steps=cfg.local_distill_steps,
+                              lr=cfg.local_distill_lr, params=cfg.local_distill_params, progress=main)
 
     lora = cfg.mode in ("lora", "lora+dyt")
     base_dir = run / "base"
+    if cfg.local_distill_steps and checkpoint is not None and lora and (base_dir / "model.safetensors").is_file():
+        # the adapter checkpoint does not hold base weights that the block-wise stage changed: base/ does
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(base_dir / "model.safetensors")), strict=False)
     if lora and main and not (base_dir / "config.json").is_file():
         save(model, base_dir, tokenizer, overwrite=True)  # the adapter's base: DyT as converted, before training
     set_generation_eos(model, tokenizer, spec.chat_template)
