@@ -7,12 +7,14 @@ golden-section search (a 1-D, cheap, derivative-free fit; alpha spans ~0.01..20 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from dytune.dyt import DyT
 from dytune.norms import NormSite
 
 ALPHA_GRID = torch.logspace(-3, 3, 193)  # 0.001 .. 1000
@@ -21,7 +23,9 @@ ALPHA_GRID = torch.logspace(-3, 3, 193)  # 0.001 .. 1000
 @dataclass
 class FitResult:
     alpha: torch.Tensor  # shape [1] or [hidden]
-    rel_error: float  # MSE(dyt, norm) / mean(norm^2) on the calibration tokens
+    rel_error: float  # MSE(dyt, target) / mean(target^2) on the calibration tokens
+    gamma: torch.Tensor | None = None  # refitted scale (None: the norm's own is kept)
+    beta: torch.Tensor | None = None  # refitted shift (None: the norm's own, or none)
 
 
 def dyt_output(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None):
@@ -31,46 +35,70 @@ def dyt_output(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: 
 
 GRID_TOKENS = 2048  # rows used for the coarse grid search (the refinement uses up to REFINE_TOKENS)
 REFINE_TOKENS = 8192
+# Whether an affine refit gives bias-free norms (RMSNorm) a fitted beta. Measured on SmolLM2: it fits the
+# calibration tokens better and the held-out CE worse, so off.
+REFIT_ADDS_BIAS = False
 
 
-def _strided_rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    return x if x.shape[0] <= n else x[torch.linspace(0, x.shape[0] - 1, n).long()]
-
-
-def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False) -> FitResult:
+def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, target: torch.Tensor | None = None,
+              weights: torch.Tensor | None = None, refit_affine: bool = False) -> FitResult:
     """Best alpha for one norm, given its recorded inputs `x` of shape (tokens, hidden).
+
+    `target`: what the DyT should output for each row (default: the norm's own output on `x`); sequential
+    calibration passes the original model's norm output here. `weights`: per-row weights (sink tokens).
+    `refit_affine`: gamma (and beta) become free per-channel least-squares parameters, and alpha is chosen
+    for the best fit after that refit (variable projection); otherwise they stay the norm's exact values.
 
     The coarse grid runs on an evenly strided subset of tokens and the golden-section refinement on a
     larger one: the grid's tanh evaluations (grid points x tokens x hidden) dominate the conversion time.
     """
-    x = _strided_rows(x.float(), REFINE_TOKENS)
-    y = site.reference_output(x)
+    from dytune.refit import affine_fit
+
+    rows = _strided_index(x.shape[0], REFINE_TOKENS)
+    x = x[rows].float()
+    y = site.reference_output(x) if target is None else target[rows].float().to(x.device)
+    w = None if weights is None else weights[rows].float().to(x.device)
+    w = None if w is None else w / w.mean()
     gamma, beta = site.gamma().to(x.device), site.beta()
     beta = None if beta is None else beta.to(x.device)
-    denom = y.pow(2).mean().clamp_min(1e-12)
+    denom = (y.pow(2) if w is None else w.unsqueeze(1) * y.pow(2)).mean().clamp_min(1e-12)
+    with_bias = beta is not None or (refit_affine and REFIT_ADDS_BIAS)
 
-    def err(alpha: torch.Tensor) -> torch.Tensor:  # per-channel MSE, shape (hidden,)
-        return (dyt_output(x, alpha, gamma, beta) - y).pow(2).mean(0)
+    def errors_on(xs, ys, ws, alpha) -> torch.Tensor:  # per-channel (weighted) MSE, shape (hidden,)
+        if refit_affine:
+            return affine_fit(torch.tanh(alpha * xs), ys, ws, with_bias)[2]
+        sq = (dyt_output(xs, alpha, gamma, beta) - ys).pow(2)
+        return (sq if ws is None else ws.unsqueeze(1) * sq).mean(0)
 
     grid = ALPHA_GRID.to(x.device)
-    x_grid = _strided_rows(x, GRID_TOKENS)
-    y_grid = site.reference_output(x_grid)
-    errors = torch.stack([(dyt_output(x_grid, a.reshape(1), gamma, beta) - y_grid).pow(2).mean(0)
-                          for a in grid])  # (grid, hidden)
+    sub = _strided_index(x.shape[0], GRID_TOKENS)
+    x_grid, y_grid = x[sub], y[sub]
+    w_grid = None if w is None else w[sub] / w[sub].mean()
+    errors = torch.stack([errors_on(x_grid, y_grid, w_grid, a.reshape(1)) for a in grid])  # (grid, hidden)
     if per_channel:
         best = errors.argmin(0)  # (hidden,)
         lo = grid[(best - 1).clamp_min(0)]
         hi = grid[(best + 1).clamp_max(len(grid) - 1)]
-        alpha = _golden(lambda a: err(a), lo, hi)
+        # per-channel alpha keeps gamma fixed in its search (a joint per-channel search is degenerate)
+        alpha = _golden(lambda a: (dyt_output(x, a, gamma, beta) - y).pow(2).mean(0), lo, hi)
     else:
         best = int(errors.mean(1).argmin())
         lo = grid[max(best - 1, 0)].reshape(1)
         hi = grid[min(best + 1, len(grid) - 1)].reshape(1)
-        alpha = _golden(lambda a: err(a).mean().reshape(1), lo, hi)
-    return FitResult(alpha=alpha, rel_error=float(err(alpha).mean() / denom))
+        alpha = _golden(lambda a: errors_on(x, y, w, a).mean().reshape(1), lo, hi)
+    new_gamma = new_beta = None
+    if refit_affine:
+        new_gamma, new_beta, err = affine_fit(torch.tanh(alpha * x), y, w, with_bias)
+    else:
+        err = errors_on(x, y, w, alpha)
+    return FitResult(alpha=alpha, rel_error=float(err.mean() / denom), gamma=new_gamma, beta=new_beta)
 
 
-def _golden(f: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor, steps: int = 30):
+def _strided_index(n_rows: int, n: int) -> torch.Tensor:
+    return torch.arange(n_rows) if n_rows <= n else torch.linspace(0, n_rows - 1, n).long()
+
+
+def _golden(f: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor, steps: int = 14):
     """Vectorised golden-section minimisation in log-alpha; f maps alpha (shape s) to errors (shape s)."""
     inv_phi = (math.sqrt(5) - 1) / 2
     a, b = lo.log(), hi.log()
@@ -174,37 +202,53 @@ def calibrate_sites(
     per_channel: bool = False,
     keep_affine: bool = True,
     method: str = "sequential",
+    refit: str = "affine",
+    sink_weight: float = 1.0,
     max_tokens: int = 16384,
     progress: bool = True,
     install: Callable | None = None,
-) -> tuple[dict[str, tuple[torch.Tensor, float]], int]:
-    """Fit alpha for every site; returns ({name: (alpha, rel_error)}, calibration token count).
+) -> tuple[dict[str, tuple[DyT, float]], int]:
+    """Fit a DyT for every site; returns ({name: (dyt, rel_error)}, calibration token count).
 
     "parallel": every norm is fitted on the original model's activations, in one forward pass.
     "sequential": block by block on the partly converted model (each fitted DyT is installed through
-    `install(site, dyt)` before the next fit), so later fits see the activations that the converted model
-    really produces and errors do not compound unseen. The caller re-installs the final modules.
+    `install(site, dyt)` before the next fit): each DyT sees the activations the converted model really
+    produces, and is fitted to what the *original* block's norm outputs there (the original block runs beside
+    it on the original activations), so errors upstream are corrected rather than copied.
+    `refit` ("none" | "affine" | "linear") and `sink_weight`: see `dytune.refit`. "linear" changes the
+    weights of the linear layers around each norm and needs the sequential method.
     """
     from tqdm.auto import tqdm
 
-    from dytune.convert import make_dyt
     from dytune.norms import _find_blocks, _layer_index
+    from dytune.refit import REFITS
 
+    if refit not in REFITS:
+        raise ValueError(f"unknown refit {refit!r}: choose from {', '.join(REFITS)}")
+    if refit == "linear" and method != "sequential":
+        raise ValueError("refit='linear' needs calibration_method='sequential'")
+    if not keep_affine:
+        refit = "none"  # the dropped-affine ablation keeps gamma=1, beta=0 by definition
     n_tokens = int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                        for b in batches))
-    fits: dict[str, tuple[torch.Tensor, float]] = {}
+    masks = [b.get("attention_mask") for b in batches]
+    weights = _sink_weights(batches, sink_weight)[:max_tokens]
+    fitted: dict[str, tuple[DyT, float]] = {}
 
-    def fit_and_install(site: NormSite, x: torch.Tensor) -> None:
-        result = fit_alpha(x, site if keep_affine else _identity_affine(site), per_channel=per_channel)
-        fits[site.name] = (result.alpha.cpu(), result.rel_error)
+    def fit_and_install(site: NormSite, x: torch.Tensor, target: torch.Tensor | None = None) -> DyT:
+        result = fit_alpha(x, site if keep_affine else _identity_affine(site), per_channel=per_channel,
+                           target=target, weights=weights[: x.shape[0]], refit_affine=refit != "none")
+        dyt = _dyt_from_fit(site, result, per_channel, keep_affine)
+        fitted[site.name] = (dyt, result.rel_error)
         if install is not None and method == "sequential":
-            install(site, make_dyt(site, result.alpha, per_channel=per_channel, keep_affine=keep_affine))
+            install(site, dyt)
+        return dyt
 
     if method == "parallel":
         inputs = record_norm_inputs(model, sites, batches, max_tokens=max_tokens, progress=progress)
         for site in tqdm(sites, desc="calibrating: fitting alpha", disable=not progress):
             fit_and_install(site, inputs[site.name])
-        return fits, n_tokens
+        return fitted, n_tokens
     if method != "sequential":
         raise ValueError(f"unknown calibration method {method!r}: sequential or parallel")
 
@@ -221,30 +265,130 @@ def calibrate_sites(
         for site in before:
             fit_and_install(site, inputs[site.name])
     calls = _block_inputs(model, blocks, batches)
-    masks = [b.get("attention_mask") for b in batches]
     hiddens = [_hidden_of(a, k) for a, k in calls]
+    teacher_hiddens = list(hiddens)
+
+    def real(xs: list[torch.Tensor]) -> torch.Tensor:
+        return _real_tokens(xs, masks, max_tokens)
+
     for index in tqdm(range(len(blocks)), desc="calibrating: block by block", disable=not progress):
         block = blocks[index]
+        teacher = copy.deepcopy(block)  # the original block, run on the original model's activations
+        prefix = f"{blocks_prefix}.{index}."
         for site in by_block.get(index, []):
-            recorded = []
-            hook = site.module.register_forward_pre_hook(lambda mod, args: recorded.append(args[0].detach()))
-            try:
-                for (args, kwargs), hidden in zip(calls, hiddens):
-                    block(*_with_hidden(args, kwargs, hidden)[0], **_with_hidden(args, kwargs, hidden)[1])
-            finally:
-                hook.remove()
-            fit_and_install(site, _real_tokens(recorded, masks, max_tokens))
-        new_hiddens = []
+            teacher_norm = teacher.get_submodule(site.name[len(prefix):])
+            (x,), _ = _run_block(block, calls, hiddens, [site.module])
+            (x_teacher,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_norm])
+            target = site.reference_output(real(x_teacher))
+            x = real(x)
+            dyt = fit_and_install(site, x, target)
+            if refit == "linear" and site.kind in ("attn", "ffn"):
+                error = _refit_linears(block, teacher, site, dyt, x, target, weights[: x.shape[0]], calls,
+                                       hiddens, teacher_hiddens, real)
+                fitted[site.name] = (dyt, error)
+        _, hiddens = _run_block(block, calls, hiddens, [])
+        _, teacher_hiddens = _run_block(teacher, calls, teacher_hiddens, [])
+        del teacher
+    if after:  # the final norm: on the fully converted stack, against the original stack's final hidden state
+        inputs = record_norm_inputs(model, after, batches, max_tokens=max_tokens, progress=False)
+        last_student, last_teacher = real(hiddens), real(teacher_hiddens)
+        for site in after:
+            x = inputs[site.name]
+            # the original's final norm input is its last hidden state, if that is what this norm reads
+            reads_last = x.shape == last_student.shape and torch.allclose(x, last_student, atol=1e-5)
+            target = site.reference_output(last_teacher if reads_last else x)
+            dyt = fit_and_install(site, x, target)
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            if refit != "none" and site.kind == "final" and head is not None:
+                _final_norm_logit_fit(site, dyt, x, target, weights[: x.shape[0]], head.weight)
+    return fitted, n_tokens
+
+
+def _dyt_from_fit(site: NormSite, result: FitResult, per_channel: bool, keep_affine: bool) -> DyT:
+    from dytune.convert import make_dyt
+
+    dyt = make_dyt(site, result.alpha, per_channel=per_channel, keep_affine=keep_affine,
+                   bias=site.has_bias or result.beta is not None)
+    if result.gamma is not None:
+        dyt.weight.data.copy_(result.gamma.to(dyt.weight.device))
+    if result.beta is not None:
+        dyt.bias.data.copy_(result.beta.to(dyt.bias.device))
+    return dyt
+
+
+def _final_norm_logit_fit(site: NormSite, dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                          head_weight: torch.Tensor) -> None:
+    """The final norm feeds the LM head directly: refit its gamma for the logits' error, not the hidden's."""
+    from dytune.refit import logit_metric_affine
+
+    rows = _strided_index(x.shape[0], REFINE_TOKENS)
+    z = torch.tanh(dyt.alpha.detach().float().cpu() * x[rows])
+    gamma, beta = logit_metric_affine(z, target[rows], weights[rows], head_weight, with_bias=dyt.bias is not None)
+    dyt.weight.data.copy_(gamma.to(dyt.weight.device))
+    if beta is not None:
+        dyt.bias.data.copy_(beta.to(dyt.bias.device))
+
+
+def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens, teacher_hiddens, real) -> float:  # noqa: ANN001
+    """refit='linear' for one norm: fold a full least-squares map into its consumers, then refit the
+    sub-layer's output projection against the original's (see `dytune.refit`). Returns the map's fit error."""
+    from dytune.refit import find_consumers, fold_map_into_consumers, refit_output_projection, ridge_solve
+
+    args, kwargs = _with_hidden(*calls[0], hiddens[0])
+    consumers, out_proj = find_consumers(block, dyt, lambda: block(*args, **kwargs))
+    if not consumers:
+        return float("nan")
+    z = torch.tanh(dyt.alpha.detach().float().cpu() * x)
+    features = torch.cat([z, torch.ones(len(z), 1)], 1) if dyt.bias is not None else z
+    solution = ridge_solve(features, target, weights)
+    mapping = solution[: z.shape[1]]
+    error = float((weights.unsqueeze(1) * ((features.double() @ solution) - target.double()).pow(2)).mean()
+                  / (weights.unsqueeze(1) * target.double().pow(2)).mean())
+    dyt.weight.data.fill_(1.0)
+    if dyt.bias is not None:  # y ~ (z + c) @ mapping: the offset stays in the DyT's beta
+        offset = torch.linalg.lstsq(mapping.T, solution[-1].unsqueeze(1)).solution.squeeze(1)
+        dyt.bias.data.copy_(offset.float())
+    fold_map_into_consumers(consumers, mapping, None)
+    if out_proj is not None:
+        names = {m: n for n, m in block.named_modules()}
+        teacher_out = teacher.get_submodule(names[out_proj])
+        (inputs,), _ = _run_block(block, calls, hiddens, [out_proj])
+        (wanted,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_out], outputs=True)
+        refit_output_projection(out_proj, real(inputs), real(wanted), weights)
+    return error
+
+
+def _run_block(block, calls, hiddens, modules, outputs: bool = False):  # noqa: ANN001, ANN202
+    """Run `block` on every batch; returns ([per module: list of its inputs (or outputs)], block outputs)."""
+    recorded: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    for i, module in enumerate(modules):
+        if outputs:
+            handles.append(module.register_forward_hook(lambda m, a, out, i=i: recorded[i].append(out.detach())))
+        else:
+            handles.append(module.register_forward_pre_hook(lambda m, a, i=i: recorded[i].append(a[0].detach())))
+    new_hiddens = []
+    try:
         for (args, kwargs), hidden in zip(calls, hiddens):
             a, k = _with_hidden(args, kwargs, hidden)
             out = block(*a, **k)
             new_hiddens.append(out[0] if isinstance(out, (tuple, list)) else out)
-        hiddens = new_hiddens
-    if after:  # the final norm: record on the fully converted stack
-        inputs = record_norm_inputs(model, after, batches, max_tokens=max_tokens, progress=False)
-        for site in after:
-            fit_and_install(site, inputs[site.name])
-    return fits, n_tokens
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded, new_hiddens
+
+
+def _sink_weights(batches: list[dict], sink_weight: float) -> torch.Tensor:
+    """Row weights in `_real_tokens` order: `sink_weight` for each sequence's first real token, else 1."""
+    rows = []
+    for batch in batches:
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(batch["input_ids"]) if mask is None else mask
+        mask = mask.bool()
+        first = mask & (mask.long().cumsum(1) == 1)
+        rows.append(torch.where(first[mask], float(sink_weight), 1.0))
+    return torch.cat(rows).float()
 
 
 def _real_tokens(recorded: list[torch.Tensor], masks: list, max_tokens: int) -> torch.Tensor:

@@ -47,6 +47,7 @@ class ConversionReport:
     kinds: list[str]
     layers: list[LayerReport] = field(default_factory=list)
     calibration_tokens: int = 0
+    refit: str = "none"  # see dytune.refit: which parameters calibration refitted besides alpha
 
     @property
     def converted(self) -> list[LayerReport]:
@@ -74,7 +75,8 @@ class ConversionReport:
         n = len(self.converted)
         rows.append("")
         rows.append(f"{n} of {len(self.layers)} norm layers converted; alpha init: {self.alpha_init}"
-                    + (f"; calibration tokens: {self.calibration_tokens}" if self.calibration_tokens else ""))
+                    + (f"; calibration tokens: {self.calibration_tokens}" if self.calibration_tokens else "")
+                    + (f"; least-squares refit: {self.refit}" if self.refit != "none" else ""))
         return "\n".join(rows)
 
 
@@ -124,12 +126,14 @@ def _parse_alpha_init(alpha_init: str | float) -> tuple[str, float | None]:
     raise DytuneError(f"unknown alpha init {alpha_init!r}: choose constant:VALUE, paper or calibrated")
 
 
-def make_dyt(site: NormSite, alpha: float | torch.Tensor, per_channel: bool = False, keep_affine: bool = True) -> DyT:
-    """A DyT for `site` with the norm's gamma/beta copied exactly (or identity affine if not `keep_affine`)."""
+def make_dyt(site: NormSite, alpha: float | torch.Tensor, per_channel: bool = False, keep_affine: bool = True,
+             bias: bool | None = None) -> DyT:
+    """A DyT for `site` with the norm's gamma/beta copied exactly (or identity affine if not `keep_affine`).
+    `bias`: give the DyT a beta even where the norm has none (zero-initialised; calibration refits fill it)."""
     alpha_t = torch.as_tensor(alpha, dtype=torch.float32).flatten()
     per_channel = per_channel or alpha_t.numel() > 1
     dyt = DyT(site.hidden_size, alpha_init=alpha_t if per_channel else alpha_t[:1], per_channel=per_channel,
-              bias=site.has_bias)
+              bias=site.has_bias if bias is None else bias)
     device = next(site.module.parameters(), torch.empty(0)).device
     dyt.to(device)
     if keep_affine:
@@ -187,6 +191,8 @@ def convert(
     calibration_max_length: int = 512,
     calibration_max_tokens: int = 16384,
     calibration_method: str = "sequential",
+    calibration_refit: str = "affine",
+    sink_weight: float = 1.0,
     progress: bool = True,
 ) -> ConversionReport:
     """Replace the selected norm layers of `model` with DyT, in place; returns a per-layer report.
@@ -202,6 +208,11 @@ def convert(
         calibration_method: "sequential" fits layer by layer on the partly converted model, so each fit
             sees the activations the converted model really produces; "parallel" fits every norm on the
             original model's activations in one pass.
+        calibration_refit: "affine" (default) also refits each DyT's gamma/beta by least squares against the
+            original norm's output; "none" keeps the norm's exact gamma/beta and fits alpha only; "linear"
+            additionally changes the linear layers around each norm (see `dytune.refit`); after "linear" the
+            model cannot be reverted in place.
+        sink_weight: weight of each sequence's first token (the attention sink) in the calibration fits.
     """
     from dytune import hf_registration
 
@@ -214,15 +225,17 @@ def convert(
     if not selected:
         raise DytuneError(f"no norm layer of kind {', '.join(kinds)} in {type(model).__name__}; found kinds: "
                           + ", ".join(sorted({s.kind for s in sites})))
-    report = ConversionReport(alpha_init=str(alpha_init), per_channel=per_channel, kinds=list(kinds))
-    fits: dict[str, tuple[torch.Tensor, float | None]] = {}
+    refit = calibration_refit if strategy == "calibrated" and keep_affine else "none"
+    report = ConversionReport(alpha_init=str(alpha_init), per_channel=per_channel, kinds=list(kinds), refit=refit)
+    fitted: dict[str, tuple[DyT, float]] = {}
     if strategy == "calibrated":
         from dytune.calibrate import calibrate_sites
 
         batches = _calibration_batches(model, tokenizer, calibration, calibration_max_length)
-        fits, report.calibration_tokens = calibrate_sites(
+        fitted, report.calibration_tokens = calibrate_sites(
             model, selected, batches, per_channel=per_channel, keep_affine=keep_affine,
-            method=calibration_method, max_tokens=calibration_max_tokens, progress=progress,
+            method=calibration_method, refit=calibration_refit, sink_weight=sink_weight,
+            max_tokens=calibration_max_tokens, progress=progress,
             install=lambda site, dyt: _set_module(model, site.name, dyt),
         )
     originals: dict[str, nn.Module] = {}
@@ -231,12 +244,10 @@ def convert(
             report.layers.append(LayerReport(site.name, site.kind, site.norm_type, converted=False))
             continue
         if strategy == "calibrated":
-            alpha, err = fits[site.name]
-        elif strategy == "paper":
-            alpha, err = paper_alpha(site.kind, site.hidden_size), None
+            dyt, err = fitted[site.name]
         else:
-            alpha, err = constant, None
-        dyt = make_dyt(site, alpha, per_channel=per_channel, keep_affine=keep_affine)
+            alpha = paper_alpha(site.kind, site.hidden_size) if strategy == "paper" else constant
+            dyt, err = make_dyt(site, alpha, per_channel=per_channel, keep_affine=keep_affine), None
         originals[site.name] = site.module
         _set_module(model, site.name, dyt)
         a = dyt.alpha.detach()
@@ -252,6 +263,9 @@ def revert(model: nn.Module) -> nn.Module:
     """Put the original norm layers back (only possible in the process that converted the model)."""
     from dytune import hf_registration
 
+    if model.config.dyt.get("refit") == "linear":
+        raise DytuneError("this model was calibrated with refit='linear', which changed its linear layers: putting "
+                          "the norms back would not give the original model; load the original again instead")
     originals = hf_registration.original_norms(model)
     for name, module in originals.items():
         _set_module(model, name, module)

@@ -175,6 +175,7 @@ def mark_converted(model: nn.Module, *, sites, originals: dict[str, nn.Module], 
         "alpha_init": report.alpha_init,
         "per_channel": report.per_channel,
         "kinds": list(report.kinds),
+        "refit": getattr(report, "refit", "none"),
         "source": getattr(config, "_name_or_path", "") or "",
         "layers": spec_layers,
     }

@@ -20,6 +20,13 @@ def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
                         "(Alpaca/ShareGPT/messages JSON or JSONL...); default: a small built-in text")
     p.add_argument("--calibration-samples", type=int, default=64, help="records taken from DATA (default 64)")
     p.add_argument("--calibration-method", default="sequential", choices=["sequential", "parallel"])
+    p.add_argument("--refit", default="affine", choices=["none", "affine", "linear"],
+                   help="with calibrated alpha, what else is fitted by least squares: affine (default: each DyT's "
+                        "gamma/beta), none (gamma/beta copied exactly), linear (also the linear layers around each "
+                        "norm; changes their weights)")
+    p.add_argument("--sink-weight", type=float, default=1.0,
+                   help="weight of each sequence's first token (the attention sink) in the least-squares fits "
+                        "(default 1; 30 helps --refit linear)")
     p.add_argument("--norms", default=None,
                    help="kinds to convert, comma-separated from attn,ffn,post,final,embed,qk,inner or 'all' "
                         "(default: all but qk)")
@@ -49,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
         calibration = calibration_texts_from_source(args.calibration, tokenizer, args.calibration_samples)
     report = convert(model, alpha_init=args.alpha_init, norms=args.norms, per_channel=args.per_channel,
-                     tokenizer=tokenizer, calibration=calibration, calibration_method=args.calibration_method)
+                     tokenizer=tokenizer, calibration=calibration, calibration_method=args.calibration_method,
+                     calibration_refit=args.refit, sink_weight=args.sink_weight)
     model.config.dyt["source"] = args.src
     save(model, out, tokenizer, overwrite=args.overwrite,
          extra_files={"conversion_report.json": report.to_dict()})

@@ -8,7 +8,9 @@
               <out>/data so training and evaluation read the same files
 2. original   held-out cross-entropy (CE) of the original model
 3. convert    every RMSNorm -> DyT, alpha calibrated on training conversations; held-out CE "before recovery"
-4. recover    `dytune.train`: distillation from the original model (KL on logits + CE), from the converted model
+4. recover    `dytune.train` from the converted model: block-wise distillation of the DyT parameters (each block
+              pulled towards the original block's output), then LoRA + DyT trained end to end on CE + KL to the
+              original model's logits
 5. evaluate   held-out CE "after recovery", with the same function (`dytune.eval.perplexity.token_loss`) and
               the same tokenized conversations as steps 2 and 3; training's own validation agrees with it
 6. answer     a few MT-bench questions (two turns) with the original, the converted and the recovered model
@@ -49,7 +51,10 @@ class DemoSettings:
     calibration_tokens: int = 2048
     steps: int = 60
     batch_size: int = 4
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
+    scheduler: str = "constant_with_warmup"  # a short run: a decaying schedule stops learning too early
+    local_steps: int = 12  # block-wise distillation of the DyT parameters before end-to-end training
+    local_lr: float = 1e-2
     mode: str = "lora+dyt"
     alpha_lr_multiplier: float = 10.0
     affine_lr_multiplier: float = 10.0
@@ -73,7 +78,8 @@ class DemoSettings:
     @classmethod
     def fast_mode(cls, **overrides: Any) -> DemoSettings:
         values = dict(conversations=160, val_fraction=0.15, max_length=128, calibration_texts=8,
-                      calibration_tokens=1024, steps=16, eval_every=8, questions=1, max_new_tokens=24, fast=True)
+                      calibration_tokens=1024, steps=16, local_steps=6, eval_every=8, questions=1, max_new_tokens=24,
+                      fast=True)
         values.update(overrides)
         return cls(**values)
 
@@ -279,7 +285,8 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=8,
         learning_rate=settings.learning_rate, alpha_lr_multiplier=settings.alpha_lr_multiplier,
         affine_lr_multiplier=settings.affine_lr_multiplier, lora_r=settings.lora_r, lora_alpha=2 * settings.lora_r,
-        lr_scheduler_type="cosine", warmup_steps=max(1, settings.steps // 20), logging_steps=max(1, settings.steps // 40),
+        lr_scheduler_type=settings.scheduler, warmup_steps=max(1, settings.steps // 20),
+        local_distill_steps=settings.local_steps, local_distill_lr=settings.local_lr, logging_steps=max(1, settings.steps // 40),
         eval_strategy="steps", eval_steps=settings.eval_every, save_strategy="no", report_to="none",
         seed=settings.seed, threads=settings.threads, disable_tqdm=False)
     summary = train_run(config)

@@ -64,10 +64,13 @@ def write_demo_report(result, settings, run_dir: Path, answer_files: dict[str, P
             f"layer on {settings.calibration_texts} training conversations (alpha "
             f"{min(alphas):.3g} to {max(alphas):.3g}" + (f", mean relative fit error {sum(errors) / len(errors):.3f}"
                                                           if errors else "") + ").",
-            f"**Recovery**: `dytune train`, mode `{settings.mode}` (LoRA rank {settings.lora_r} + every DyT "
-            f"alpha/gamma/beta), {settings.steps} steps of {settings.batch_size} conversations, loss = "
-            f"{settings.ce_weight} x CE + {settings.distill_weight} x KL(original || DyT) on the logits, "
-            f"learning rate {settings.learning_rate:g} (DyT parameters x{settings.alpha_lr_multiplier:g}), cosine.",
+            f"**Recovery**: `dytune train` from the converted model: "
+            + (f"{settings.local_steps} steps of block-wise distillation of the DyT parameters (learning rate "
+               f"{settings.local_lr:g}), then " if settings.local_steps else "")
+            + f"mode `{settings.mode}` (LoRA rank {settings.lora_r} + every DyT alpha/gamma/beta), {settings.steps} "
+            f"steps of {settings.batch_size} conversations, loss = {settings.ce_weight} x CE + "
+            f"{settings.distill_weight} x KL(original || DyT) on the logits, learning rate {settings.learning_rate:g} "
+            f"(DyT parameters x{settings.alpha_lr_multiplier:g}), {settings.scheduler}.",
             f"**Answers**: {settings.questions} MT-bench question(s), two turns, greedy, at most "
             f"{settings.max_new_tokens} new tokens per turn.",
             "**Time** (wall clock, seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()) + ".",

@@ -52,6 +52,9 @@ class TrainConfig(TrainingArguments):
     calibration: str | None = field(default=None, metadata={"help": "calibration data (default: built-in text)"})
     calibration_samples: int = field(default=64, metadata={"help": "records taken from --calibration"})
     calibration_method: str = field(default="sequential", metadata={"help": "sequential | parallel"})
+    calibration_refit: str = field(default="affine", metadata={
+        "help": "none | affine | linear: least-squares refit with calibrated alpha (see `dytune convert --refit`)"})
+    sink_weight: float = field(default=1.0, metadata={"help": "weight of first tokens (attention sinks) in calibration"})
     # -- LoRA (PEFT) -------------------------------------------------------------------------------------------
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=32, metadata={"help": "LoRA scaling numerator"})
@@ -119,6 +122,8 @@ class TrainConfig(TrainingArguments):
             raise DytuneError(f"local_distill_params must be 'dyt' or 'block', got {self.local_distill_params!r}")
         if self.calibration_method not in ("sequential", "parallel"):
             raise DytuneError(f"calibration_method must be sequential or parallel, got {self.calibration_method!r}")
+        if self.calibration_refit not in ("none", "affine", "linear"):
+            raise DytuneError(f"calibration_refit must be none, affine or linear, got {self.calibration_refit!r}")
         if self.norm == "layernorm" and (self.progressive_stages or self.local_distill_steps):
             raise DytuneError("progressive_stages and local_distill_steps convert norms: they need norm: dyt")
         if self.progressive_stages and self.progressive_steps <= 0:

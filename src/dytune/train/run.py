@@ -78,8 +78,11 @@ def _prepare_model(cfg: TrainConfig, tokenizer: Any):  # noqa: ANN202
     if cfg.norm == "layernorm" and loaded_dyt:
         raise DytuneError(f"{cfg.model} is a DyT model: norm: layernorm needs the unconverted model")
     frozen_copy = None
-    if cfg.distill and cfg.teacher is None and cfg.mode == "full":
-        frozen_copy = copy.deepcopy(model)  # every weight trains: the teacher must be a separate copy
+    linear_refit = cfg.norm == "dyt" and not loaded_dyt and cfg.alpha_init == "calibrated" \
+        and cfg.calibration_refit == "linear"
+    if cfg.distill and cfg.teacher is None and (cfg.mode == "full" or linear_refit):
+        # every weight trains, or the linear refit changes base weights: the teacher must be a separate copy
+        frozen_copy = copy.deepcopy(model)
     if cfg.norm == "dyt" and not loaded_dyt:
         calibration = None
         if cfg.calibration:
@@ -88,13 +91,16 @@ def _prepare_model(cfg: TrainConfig, tokenizer: Any):  # noqa: ANN202
             calibration = calibration_texts_from_source(cfg.calibration, tokenizer, cfg.calibration_samples)
         report = convert(model, alpha_init=cfg.alpha_init, norms=cfg.norms, per_channel=cfg.per_channel,
                          keep_affine=cfg.keep_affine, tokenizer=tokenizer, calibration=calibration,
-                         calibration_method=cfg.calibration_method, progress=cfg.process_index == 0)
+                         calibration_method=cfg.calibration_method, calibration_refit=cfg.calibration_refit,
+                         sink_weight=cfg.sink_weight, progress=cfg.process_index == 0)
         model.config.dyt["source"] = cfg.model
-        originals = OriginalNorms.from_converted(model)
+        # after a linear refit the original norms no longer give the original model: only the frozen copy does
+        originals = None if linear_refit else OriginalNorms.from_converted(model)
     elif cfg.norm == "layernorm" and cfg.distill and cfg.mode != "full":
         originals = OriginalNorms.snapshot(model, norm_module_names(model, "layernorm"))
     if cfg.progressive_stages and originals is None:
-        raise DytuneError("progressive_stages needs the original norms: give the unconverted model and norm: dyt")
+        raise DytuneError("progressive_stages needs the original norms: give the unconverted model and norm: dyt "
+                          "(and a calibration_refit other than linear)")
     if cfg.distill:
         if cfg.teacher is not None:
             teacher = FrozenTeacher(load_model(cfg.teacher, attn_implementation=cfg.attn_implementation))
@@ -171,7 +177,7 @@ def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = N
         _log(cfg, f"block-wise distillation: {cfg.local_distill_steps} steps")
         if (teacher or originals) is None:
             raise DytuneError("local_distill_steps needs the original model: convert here (norm: dyt on the "
-                              "unconverted model) or set teacher:")
+                              "unconverted model; with calibration_refit: linear also distill: true) or set teacher:")
         local = local_distill(model, teacher or originals, loader, steps=cfg.local_distill_steps,
                               lr=cfg.local_distill_lr, params=cfg.local_distill_params, progress=main)
 

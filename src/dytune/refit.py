@@ -1,0 +1,157 @@
+"""Closed-form least-squares refits that go with calibrated alpha (no gradient steps).
+
+A scalar-alpha DyT cannot reproduce a norm exactly: the norm divides each token by its own RMS, DyT may not
+(it is elementwise). What calibration can do is choose, in closed form, the parameters that make the
+converted model's sub-layers see what the original's saw:
+
+  affine   per-channel gamma and beta of the DyT, by weighted least squares against the original norm's
+           output (beta is added even where the norm had none, e.g. RMSNorm: the fitted offset matters). Only
+           DyT parameters change; the final norm's fit is weighted by what the LM head reads.
+  linear   affine, plus the linear layers that read the DyT's output ("consumers": q/k/v, gate/up, ...)
+           absorb a full hidden x hidden least-squares map from DyT features to the original norm output,
+           and each sub-layer's output projection (o_proj, down_proj, ...) is refitted so the sub-layer
+           adds to the residual stream what the original's added. Linear weights change (shapes do not).
+
+Rows are weighted: the first token of each sequence is the model's attention sink (activations ~100x the
+median in SmolLM2); every later token attends to its key and value, so its error costs far more than one
+token's share. `sink_weight` multiplies its weight in every fit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+REFITS = ("none", "affine", "linear")
+
+
+def affine_fit(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, with_bias: bool,
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per-channel weighted least squares y ~ gamma * z (+ beta); returns (gamma, beta, per-channel MSE).
+
+    z, y: (tokens, hidden); w: (tokens,) row weights or None. Channels where z is (numerically) constant keep
+    gamma = 0 for the varying part, so nothing divides by zero.
+    """
+    w = torch.ones(z.shape[0], device=z.device) if w is None else w
+    w = (w / w.mean()).unsqueeze(1)
+    if with_bias:
+        zm, ym = (w * z).mean(0), (w * y).mean(0)
+        zc, yc = z - zm, y - ym
+    else:
+        zc, yc = z, y
+    gamma = (w * zc * yc).sum(0) / (w * zc.pow(2)).sum(0).clamp_min(1e-12)
+    err = (w * (zc * gamma - yc).pow(2)).mean(0)
+    beta = (ym - gamma * zm) if with_bias else None
+    return gamma, beta, err
+
+
+def logit_metric_affine(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, head_weight: torch.Tensor,
+                        with_bias: bool = True, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-channel gamma (and beta) minimising the error the final norm causes in the *logits*:
+    sum_t w_t ||(gamma * z_t + beta - y_t) @ H^T||^2 with H the (vocab, hidden) output embedding, so channels the
+    LM head reads strongly count for more than plain MSE gives them. With C = H^T H, s = Z^T w, the normal
+    equations are [[C o Z^T W Z, diag(s) C], [C diag(s), (sum w) C]] [gamma; beta] = [diag(Z^T W Y C); C Y^T w]."""
+    z, y = z.double(), y.double()
+    w = torch.ones(z.shape[0], dtype=z.dtype) if w is None else (w.double() / w.double().mean())
+    head = head_weight.detach().double().cpu()
+    c = head.T @ head
+    zw = z * w.unsqueeze(1)
+    lhs = c * (zw.T @ z)
+    rhs = (zw * (y @ c)).sum(0)
+    d = z.shape[1]
+    if with_bias:
+        s = zw.sum(0)
+        top = torch.cat([lhs, s.unsqueeze(1) * c], 1)
+        bottom = torch.cat([c * s.unsqueeze(0), w.sum() * c], 1)
+        lhs = torch.cat([top, bottom], 0)
+        rhs = torch.cat([rhs, c @ (y * w.unsqueeze(1)).sum(0)])
+    lhs.diagonal().add_(ridge * float(lhs.diagonal().mean()))
+    solution = torch.linalg.solve(lhs, rhs).float()
+    return solution[:d], (solution[d:] if with_bias else None)
+
+
+def ridge_solve(x: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None, ridge: float = 1e-3) -> torch.Tensor:
+    """B minimising sum_rows w * ||x B - target||^2 + ridge * mean(diag(x^T x)) * ||B||^2 (float64)."""
+    x, target = x.double(), target.double()
+    if w is not None:
+        root = (w.double() / w.double().mean()).sqrt().unsqueeze(1)
+        x, target = x * root, target * root
+    gram = x.T @ x
+    gram.diagonal().add_(ridge * float(gram.diagonal().mean().clamp_min(1e-12)))
+    return torch.linalg.solve(gram, x.T @ target)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """nn.Linear, or the transposed Conv1D that GPT-2 uses for its linear layers."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def linear_weight_in_out(module: nn.Module) -> torch.Tensor:
+    """The weight as an (in, out) matrix, whatever the layer's storage convention."""
+    return module.weight.data.T if isinstance(module, nn.Linear) else module.weight.data
+
+
+def set_linear_weight_in_out(module: nn.Module, weight_in_out: torch.Tensor) -> None:
+    value = weight_in_out.T if isinstance(module, nn.Linear) else weight_in_out
+    module.weight.data.copy_(value.to(module.weight.dtype))
+
+
+def fold_map_into_consumers(consumers: list[nn.Module], map_in_out: torch.Tensor,
+                            offset: torch.Tensor | None) -> None:
+    """Consumers read y ~ z @ map (+ offset) instead of the norm's output: W' = map @ W, b' = b + offset @ W."""
+    for lin in consumers:
+        weight = linear_weight_in_out(lin).double()
+        if offset is not None:
+            if lin.bias is None:
+                raise ValueError(f"cannot fold an offset into {type(lin).__name__} without a bias")
+            lin.bias.data.add_((offset.double() @ weight).to(lin.bias.dtype))
+        set_linear_weight_in_out(lin, map_in_out.double().to(weight.device) @ weight)
+
+
+def refit_output_projection(lin: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
+                            w: torch.Tensor | None, ridge: float = 1e-3) -> None:
+    """Least-squares weights (and bias, if the layer has one) mapping `inputs` to `target`."""
+    x = inputs
+    if lin.bias is not None:
+        x = torch.cat([inputs, torch.ones(inputs.shape[0], 1, dtype=inputs.dtype, device=inputs.device)], 1)
+    solution = ridge_solve(x, target, w, ridge)
+    if lin.bias is not None:
+        lin.bias.data.copy_(solution[-1].to(lin.bias.dtype))
+        solution = solution[:-1]
+    set_linear_weight_in_out(lin, solution)
+
+
+@torch.no_grad()
+def find_consumers(block: nn.Module, norm: nn.Module, run_block) -> tuple[list[nn.Module], nn.Module | None]:  # noqa: ANN001
+    """Linear layers of `block` whose input *is* `norm`'s output, and the output projection of their
+    sub-layer (the last linear that runs inside the consumers' common parent). Found from one traced forward
+    (`run_block()`), so names and families do not matter."""
+    produced: dict[str, torch.Tensor] = {}
+    consumers: list[nn.Module] = []
+    order: list[nn.Module] = []
+    handles = [norm.register_forward_hook(lambda m, a, out: produced.__setitem__("y", out))]
+
+    def pre(module, args):  # noqa: ANN001
+        order.append(module)
+        if "y" in produced and args and args[0] is produced["y"]:
+            consumers.append(module)
+
+    names = {}
+    for name, module in block.named_modules():
+        if is_linear(module):
+            names[module] = name
+            handles.append(module.register_forward_pre_hook(pre))
+    try:
+        run_block()
+    finally:
+        for handle in handles:
+            handle.remove()
+    consumers = list(dict.fromkeys(consumers))
+    if not consumers:
+        return [], None
+    prefixes = [names[c].rpartition(".")[0] for c in consumers]
+    parent = prefixes[0]
+    while parent and not all(p == parent or p.startswith(parent + ".") for p in prefixes):
+        parent = parent.rpartition(".")[0]
+    inside = [m for m in order if m not in consumers and parent and names[m].startswith(parent + ".")]
+    return consumers, (inside[-1] if inside else None)

@@ -1,0 +1,157 @@
+"""Calibration internals: the least-squares refits, row weights, consumer discovery, and the real model."""
+
+import copy
+
+import pytest
+import torch
+
+import dytune
+from dytune.calibrate import _sink_weights, fit_alpha
+from dytune.errors import DytuneError
+from dytune.norms import find_norms
+from dytune.refit import affine_fit, find_consumers, logit_metric_affine
+from dytune.testing import tiny_model, tiny_tokenizer
+
+TEXTS = [f"The quick brown fox number {i} jumps over the lazy dog, again and again." for i in range(24)]
+
+
+def test_affine_fit_recovers_scale_and_shift_and_weights_rows():
+    torch.manual_seed(0)
+    z = torch.tanh(torch.randn(500, 8))
+    gamma, beta = torch.linspace(0.5, 2.0, 8), torch.linspace(-0.3, 0.3, 8)
+    g, b, err = affine_fit(z, gamma * z + beta, None, with_bias=True)
+    torch.testing.assert_close(g, gamma, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b, beta, atol=1e-5, rtol=1e-5)
+    assert float(err.max()) < 1e-10
+    # one row disagrees; weighting it heavily pulls the fit towards it
+    y = gamma * z
+    y[0] += 5.0
+    light = affine_fit(z, y, None, with_bias=False)[0]
+    heavy = affine_fit(z, y, torch.where(torch.arange(500) == 0, 1000.0, 1.0), with_bias=False)[0]
+    target_row0 = y[0] / z[0]
+    assert ((heavy - target_row0).abs() < (light - target_row0).abs()).all()
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_logit_metric_fit_matches_plain_least_squares_under_identity_head(with_bias):
+    torch.manual_seed(0)
+    z, y = torch.randn(300, 6), torch.randn(300, 6) + 0.5
+    g0, b0, _ = affine_fit(z, y, None, with_bias=with_bias)
+    g, b = logit_metric_affine(z, y, None, torch.eye(6), with_bias=with_bias, ridge=0.0)
+    torch.testing.assert_close(g, g0, atol=1e-5, rtol=1e-4)
+    if with_bias:
+        torch.testing.assert_close(b, b0, atol=1e-5, rtol=1e-4)
+    # a head that reads channels jointly gives a different (logit-optimal) answer
+    head = torch.randn(40, 6)
+    g, b = logit_metric_affine(z, y, None, head, with_bias=with_bias, ridge=0.0)
+    logit_err = lambda gam, bet: float(((gam * z + (0 if bet is None else bet) - y) @ head.T).pow(2).mean())  # noqa: E731
+    assert logit_err(g, b) < logit_err(g0, b0)
+
+
+def test_fit_alpha_recovers_known_alpha_with_and_without_affine_refit():
+    model = tiny_model("llama")
+    site = find_norms(model)[0]
+    torch.manual_seed(0)
+    x = torch.randn(3000, site.hidden_size) * 2
+    gamma = site.gamma()
+    target = gamma * torch.tanh(0.3 * x)
+    assert abs(float(fit_alpha(x, site, target=target).alpha) - 0.3) < 1e-3
+    new_gamma = torch.linspace(0.2, 3.0, site.hidden_size)
+    result = fit_alpha(x, site, target=new_gamma * torch.tanh(0.3 * x) + 0.1, refit_affine=True)
+    assert abs(float(result.alpha) - 0.3) < 1e-3 and result.rel_error < 1e-6
+    torch.testing.assert_close(result.gamma, new_gamma, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(result.beta, torch.full_like(new_gamma, 0.1), atol=1e-3, rtol=1e-3)
+
+
+def test_sink_weights_mark_the_first_real_token_for_either_padding_side():
+    right = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
+    left = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "attention_mask": torch.tensor([[0, 0, 1, 1]])}
+    assert _sink_weights([right, left], 30.0).tolist() == [30, 1, 1, 30, 1, 1, 1, 30, 1]
+
+
+@pytest.mark.parametrize("arch,norm,consumers,out_proj", [
+    ("llama", "input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "self_attn.o_proj"),
+    ("llama", "post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj"),
+    ("gpt2", "ln_1", ["attn.c_attn"], "attn.c_proj"),
+    ("gpt2", "ln_2", ["mlp.c_fc"], "mlp.c_proj"),
+    ("gpt_neox", "post_attention_layernorm", ["mlp.dense_h_to_4h"], "mlp.dense_4h_to_h"),
+])
+def test_find_consumers_traces_who_reads_the_norm(arch, norm, consumers, out_proj):
+    model = tiny_model(arch)
+    blocks = dict(model.named_modules())
+    prefix = next(n for n in blocks if n.endswith(".0") and n.count(".") <= 2 and hasattr(blocks[n], norm))
+    block = blocks[prefix]
+    names = {m: n for n, m in block.named_modules()}
+    found, out = find_consumers(block, getattr(block, norm), lambda: model(torch.tensor([[1, 5, 9, 30]])))
+    assert sorted(names[m] for m in found) == sorted(consumers)
+    assert names[out] == out_proj
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "qwen2"])
+def test_each_refit_level_brings_the_logits_closer(arch):
+    tok = tiny_tokenizer()
+    base = tiny_model(arch)
+    enc = tok(TEXTS[16:], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference = base(**enc).logits
+    errors = {}
+    for refit in ("none", "affine", "linear"):
+        model = copy.deepcopy(base)
+        report = dytune.convert(model, tokenizer=tok, calibration=TEXTS[:16], calibration_refit=refit, progress=False)
+        assert report.refit == refit and model.config.dyt["refit"] == refit
+        with torch.no_grad():
+            errors[refit] = float((model(**enc).logits - reference).pow(2).mean())
+    assert errors["affine"] < errors["none"] / 2, errors
+    assert errors["linear"] < errors["affine"], errors
+
+
+def test_refit_none_copies_gamma_exactly_and_linear_refit_cannot_be_reverted():
+    model = tiny_model("llama")
+    gamma = model.model.layers[0].input_layernorm.weight.detach().clone()
+    dytune.convert(model, tokenizer=tiny_tokenizer(), calibration=TEXTS, calibration_refit="none", progress=False)
+    assert torch.equal(model.model.layers[0].input_layernorm.weight, gamma)
+    model = tiny_model("llama")
+    q = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    dytune.convert(model, tokenizer=tiny_tokenizer(), calibration=TEXTS, calibration_refit="linear", progress=False)
+    assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight, q)  # the map was folded in
+    with pytest.raises(DytuneError, match="refit='linear'"):
+        dytune.revert(model)
+    with pytest.raises(ValueError, match="needs calibration_method='sequential'"):
+        dytune.convert(tiny_model("llama"), tokenizer=tiny_tokenizer(), calibration_refit="linear",
+                       calibration_method="parallel", progress=False)
+
+
+@pytest.mark.slow
+def test_real_model_conversion_closes_most_of_the_naive_gap(tmp_path):
+    """SmolLM2-135M: all 61 RMSNorms converted; the default calibration is far better than alpha=0.5."""
+    from datasets import Dataset
+
+    from dytune.eval.perplexity import token_loss
+
+    tok = dytune.load_tokenizer("smollm2-135m")
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                     tokenize=False) for q, a in [
+        ("What is the capital of France?", "The capital of France is Paris, a city on the Seine."),
+        ("Give me three tips for staying healthy.", "Eat a balanced diet, exercise regularly and sleep enough."),
+        ("Explain photosynthesis in one sentence.", "Plants turn light, water and carbon dioxide into sugar and oxygen."),
+        ("Write a haiku about autumn.", "Red leaves drift slowly, the cool wind hums through the trees, the year exhales."),
+    ]]
+    ids = [tok(t)["input_ids"] for t in texts]
+    data = Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+    def ce(model) -> float:
+        totals = token_loss(model, data, pad_id=tok.pad_token_id or 0)
+        return totals.nll / totals.tokens
+
+    model = dytune.load_model("smollm2-135m")
+    before = ce(model)
+    report = dytune.convert(model, tokenizer=tok, progress=False)
+    after = ce(model)
+    naive = dytune.load_model("smollm2-135m")
+    dytune.convert(naive, alpha_init="constant:0.5")
+    naive_ce = ce(naive)
+    print(f"SmolLM2 CE: original {before:.3f}, calibrated DyT {after:.3f}, alpha=0.5 DyT {naive_ce:.3f}")
+    assert len(report.converted) == 61 and report.refit == "affine"
+    assert all(1e-3 <= layer.alpha <= 1e3 and 0 <= layer.fit_error < 1 for layer in report.converted)
+    assert before < 3.0
+    assert after < naive_ce - 5.0  # calibration closes most of alpha=0.5's gap (measured: ~13 vs ~4 nat)
