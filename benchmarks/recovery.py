@@ -113,7 +113,7 @@ def convert_models(work: Path, model_name: str) -> dict[str, str]:
     out = {}
     tokenizer = dytune.load_tokenizer(model_name)
     for name, kwargs in (("study", dict(alpha_init="constant:0.5", keep_affine=False)),
-                         ("ours", dict(alpha_init="calibrated"))):
+                         ("ours", dict(alpha_init="calibrated", calibration_refit="none"))):
         target = work / f"dyt-{name}"
         if not (target / "config.json").is_file():
             model = dytune.load_model(model_name)

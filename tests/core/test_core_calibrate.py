@@ -48,7 +48,7 @@ def test_logit_metric_fit_matches_plain_least_squares_under_identity_head(with_b
     assert logit_err(g, b) < logit_err(g0, b0)
 
 
-def test_fit_alpha_recovers_known_alpha_with_and_without_affine_refit():
+def test_fit_alpha_recovers_known_alpha_with_and_without_affine_refit(monkeypatch):
     model = tiny_model("llama")
     site = find_norms(model)[0]
     torch.manual_seed(0)
@@ -57,9 +57,12 @@ def test_fit_alpha_recovers_known_alpha_with_and_without_affine_refit():
     target = gamma * torch.tanh(0.3 * x)
     assert abs(float(fit_alpha(x, site, target=target).alpha) - 0.3) < 1e-3
     new_gamma = torch.linspace(0.2, 3.0, site.hidden_size)
+    result = fit_alpha(x, site, target=new_gamma * torch.tanh(0.3 * x), refit_affine=True)
+    assert abs(float(result.alpha) - 0.3) < 1e-3 and result.rel_error < 1e-6 and result.beta is None  # RMSNorm
+    torch.testing.assert_close(result.gamma, new_gamma, atol=1e-3, rtol=1e-3)
+    monkeypatch.setattr("dytune.calibrate.REFIT_ADDS_BIAS", True)  # the opt-in fitted offset
     result = fit_alpha(x, site, target=new_gamma * torch.tanh(0.3 * x) + 0.1, refit_affine=True)
     assert abs(float(result.alpha) - 0.3) < 1e-3 and result.rel_error < 1e-6
-    torch.testing.assert_close(result.gamma, new_gamma, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(result.beta, torch.full_like(new_gamma, 0.1), atol=1e-3, rtol=1e-3)
 
 
