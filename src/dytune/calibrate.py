@@ -275,11 +275,13 @@ def calibrate_sites(
         block = blocks[index]
         teacher = copy.deepcopy(block)  # the original block, run on the original model's activations
         prefix = f"{blocks_prefix}.{index}."
-        for site in by_block.get(index, []):
-            teacher_norm = teacher.get_submodule(site.name[len(prefix):])
-            (x,), _ = _run_block(block, calls, hiddens, [site.module])
-            (x_teacher,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_norm])
+        block_sites = by_block.get(index, [])
+        # one run of the original block gives every site's target and the next original activations
+        teacher_inputs, next_teacher_hiddens = _run_block(
+            teacher, calls, teacher_hiddens, [teacher.get_submodule(s.name[len(prefix):]) for s in block_sites])
+        for site, x_teacher in zip(block_sites, teacher_inputs):
             target = site.reference_output(real(x_teacher))
+            (x,), _ = _run_block(block, calls, hiddens, [site.module])  # after the earlier sites were installed
             x = real(x)
             dyt = fit_and_install(site, x, target)
             if refit == "linear" and site.kind in ("attn", "ffn"):
@@ -287,18 +289,18 @@ def calibrate_sites(
                                        hiddens, teacher_hiddens, real)
                 fitted[site.name] = (dyt, error)
         _, hiddens = _run_block(block, calls, hiddens, [])
-        _, teacher_hiddens = _run_block(teacher, calls, teacher_hiddens, [])
+        teacher_hiddens = next_teacher_hiddens
         del teacher
     if after:  # the final norm: on the fully converted stack, against the original stack's final hidden state
         inputs = record_norm_inputs(model, after, batches, max_tokens=max_tokens, progress=False)
         last_student, last_teacher = real(hiddens), real(teacher_hiddens)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         for site in after:
             x = inputs[site.name]
             # the original's final norm input is its last hidden state, if that is what this norm reads
             reads_last = x.shape == last_student.shape and torch.allclose(x, last_student, atol=1e-5)
             target = site.reference_output(last_teacher if reads_last else x)
             dyt = fit_and_install(site, x, target)
-            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
             if refit != "none" and site.kind == "final" and head is not None:
                 _final_norm_logit_fit(site, dyt, x, target, weights[: x.shape[0]], head.weight)
     return fitted, n_tokens
@@ -348,7 +350,7 @@ def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens
     if dyt.bias is not None:  # y ~ (z + c) @ mapping: the offset stays in the DyT's beta
         offset = torch.linalg.lstsq(mapping.T, solution[-1].unsqueeze(1)).solution.squeeze(1)
         dyt.bias.data.copy_(offset.float())
-    fold_map_into_consumers(consumers, mapping, None)
+    fold_map_into_consumers(consumers, mapping)
     if out_proj is not None:
         names = {m: n for n, m in block.named_modules()}
         teacher_out = teacher.get_submodule(names[out_proj])

@@ -234,7 +234,7 @@ def convert(
         batches = _calibration_batches(model, tokenizer, calibration, calibration_max_length)
         fitted, report.calibration_tokens = calibrate_sites(
             model, selected, batches, per_channel=per_channel, keep_affine=keep_affine,
-            method=calibration_method, refit=calibration_refit, sink_weight=sink_weight,
+            method=calibration_method, refit=refit, sink_weight=sink_weight,
             max_tokens=calibration_max_tokens, progress=progress,
             install=lambda site, dyt: _set_module(model, site.name, dyt),
         )

@@ -4,9 +4,9 @@ A scalar-alpha DyT cannot reproduce a norm exactly: the norm divides each token 
 (it is elementwise). What calibration can do is choose, in closed form, the parameters that make the
 converted model's sub-layers see what the original's saw:
 
-  affine   per-channel gamma and beta of the DyT, by weighted least squares against the original norm's
-           output (beta is added even where the norm had none, e.g. RMSNorm: the fitted offset matters). Only
-           DyT parameters change; the final norm's fit is weighted by what the LM head reads.
+  affine   per-channel gamma (and beta, where the norm has one) of the DyT, by weighted least squares against
+           the original norm's output. Only DyT parameters change; the final norm's fit is weighted by what the
+           LM head reads.
   linear   affine, plus the linear layers that read the DyT's output ("consumers": q/k/v, gate/up, ...)
            absorb a full hidden x hidden least-squares map from DyT features to the original norm output,
            and each sub-layer's output projection (o_proj, down_proj, ...) is refitted so the sub-layer
@@ -83,7 +83,9 @@ def ridge_solve(x: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None, r
 
 def is_linear(module: nn.Module) -> bool:
     """nn.Linear, or the transposed Conv1D that GPT-2 uses for its linear layers."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D))
 
 
 def linear_weight_in_out(module: nn.Module) -> torch.Tensor:
@@ -96,15 +98,10 @@ def set_linear_weight_in_out(module: nn.Module, weight_in_out: torch.Tensor) -> 
     module.weight.data.copy_(value.to(module.weight.dtype))
 
 
-def fold_map_into_consumers(consumers: list[nn.Module], map_in_out: torch.Tensor,
-                            offset: torch.Tensor | None) -> None:
-    """Consumers read y ~ z @ map (+ offset) instead of the norm's output: W' = map @ W, b' = b + offset @ W."""
+def fold_map_into_consumers(consumers: list[nn.Module], map_in_out: torch.Tensor) -> None:
+    """Consumers read y ~ z @ map instead of the norm's output: W' = map @ W (an offset stays in the DyT's beta)."""
     for lin in consumers:
         weight = linear_weight_in_out(lin).double()
-        if offset is not None:
-            if lin.bias is None:
-                raise ValueError(f"cannot fold an offset into {type(lin).__name__} without a bias")
-            lin.bias.data.add_((offset.double() @ weight).to(lin.bias.dtype))
         set_linear_weight_in_out(lin, map_in_out.double().to(weight.device) @ weight)
 
 

@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
+    from dytune.refit import REFITS
+
     p = subparsers.add_parser(
         name, help="replace a model's LayerNorm/RMSNorm layers with DyT and save it",
         description="Convert SRC (Hub id, model directory, .gguf file, or the embedded default 'smollm2-135m') "
@@ -20,7 +22,7 @@ def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
                         "(Alpaca/ShareGPT/messages JSON or JSONL...); default: a small built-in text")
     p.add_argument("--calibration-samples", type=int, default=64, help="records taken from DATA (default 64)")
     p.add_argument("--calibration-method", default="sequential", choices=["sequential", "parallel"])
-    p.add_argument("--refit", default="affine", choices=["none", "affine", "linear"],
+    p.add_argument("--refit", default="affine", choices=REFITS,
                    help="with calibrated alpha, what else is fitted by least squares: affine (default: each DyT's "
                         "gamma/beta), none (gamma/beta copied exactly), linear (also the linear layers around each "
                         "norm; changes their weights)")

@@ -124,8 +124,10 @@ class TrainConfig(TrainingArguments):
             raise DytuneError(f"local_distill_params must be 'dyt' or 'block', got {self.local_distill_params!r}")
         if self.calibration_method not in ("sequential", "parallel"):
             raise DytuneError(f"calibration_method must be sequential or parallel, got {self.calibration_method!r}")
-        if self.calibration_refit not in ("none", "affine", "linear"):
-            raise DytuneError(f"calibration_refit must be none, affine or linear, got {self.calibration_refit!r}")
+        from dytune.refit import REFITS
+
+        if self.calibration_refit not in REFITS:
+            raise DytuneError(f"calibration_refit must be one of {', '.join(REFITS)}, got {self.calibration_refit!r}")
         if self.norm == "layernorm" and (self.progressive_stages or self.local_distill_steps):
             raise DytuneError("progressive_stages and local_distill_steps convert norms: they need norm: dyt")
         if self.progressive_stages and self.progressive_steps <= 0:
