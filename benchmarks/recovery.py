@@ -22,7 +22,8 @@ Arms (`--arms`, default all):
   ours-lora+dyt-twin LayerNorm twin of ours-lora+dyt
 Levers (not in the default list): lever-block-local (block-wise stage trains whole blocks, not only DyT),
 lever-relative-alpha (alpha learning rate proportional to each |alpha|), lever-hidden (+ per-layer hidden-state
-matching), each ours-full with that one change; run them with --arms and they join the existing JSON.
+matching), ours-full-pc (per-channel calibrated alpha), each ours-full with that one change; run them with --arms
+and they join the existing JSON.
 Writes benchmarks/results/recovery.json and recovery.png (`--out`).
 """
 
@@ -64,6 +65,14 @@ ARMS: dict[str, dict] = {
                                  twin="ours-full-twin"),
     "lever-hidden": dict(norm="dyt", source="ours", mode="full", learning_rate=1e-4, distill=True,
                          alpha_lr_multiplier=10.0, local=True, distill_hidden_weight=1.0, twin="ours-full-twin"),
+    # the long run: ours-full from the per-channel-alpha conversion (the best start that keeps gamma exact)
+    "ours-full-pc": dict(norm="dyt", source="ours-pc", mode="full", learning_rate=1e-4, distill=True,
+                         alpha_lr_multiplier=10.0, local=True, twin="ours-full-twin"),
+}
+SOURCES = {  # DyT starting points, converted once per work directory
+    "study": dict(alpha_init="constant:0.5", keep_affine=False),
+    "ours": dict(alpha_init="calibrated", calibration_refit="none"),
+    "ours-pc": dict(alpha_init="calibrated", calibration_refit="none", per_channel=True),
 }
 DEFAULT_ARMS = ["study", "study-twin", "ours-full", "ours-full-twin", "ours-lora+dyt", "ours-lora+dyt-twin"]
 
@@ -105,15 +114,15 @@ def prepare_data(work: Path, heldout: int, sharegpt_samples: int | None, alpaca_
             "alpaca_train": len(train_alpaca), "heldout": len(val), "sharegpt_read": report.read}
 
 
-def convert_models(work: Path, model_name: str) -> dict[str, str]:
-    """The two DyT starting points, converted once and saved: ours (calibrated, gamma/beta kept) and the study's
-    (alpha 0.5, gamma/beta dropped). Arms distil from the original through `teacher:`."""
+def convert_models(work: Path, model_name: str, sources: set[str]) -> dict[str, str]:
+    """The DyT starting points the arms need (SOURCES), converted once and saved: ours (calibrated, gamma/beta
+    kept; -pc with per-channel alpha) and the study's (alpha 0.5, gamma/beta dropped). Arms distil from the
+    original through `teacher:`."""
     import dytune
 
     out = {}
     tokenizer = dytune.load_tokenizer(model_name)
-    for name, kwargs in (("study", dict(alpha_init="constant:0.5", keep_affine=False)),
-                         ("ours", dict(alpha_init="calibrated", calibration_refit="none"))):
+    for name, kwargs in ((n, SOURCES[n]) for n in sorted(sources)):
         target = work / f"dyt-{name}"
         if not (target / "config.json").is_file():
             model = dytune.load_model(model_name)
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
 
     data = prepare_data(args.work, args.heldout, args.sharegpt_samples, args.alpaca_train, seed=0)
-    models = convert_models(args.work, args.model) if any(ARMS[n]["norm"] == "dyt" for n in names) else {}
+    models = convert_models(args.work, args.model, {ARMS[n]["source"] for n in names if ARMS[n]["norm"] == "dyt"})
     result: dict = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": "cpu",
                                 "threads": torch.get_num_threads()},
                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -301,7 +301,13 @@ def calibrate_sites(
             reads_last = x.shape == last_student.shape and torch.allclose(x, last_student, atol=1e-5)
             target = site.reference_output(last_teacher if reads_last else x)
             dyt = fit_and_install(site, x, target)
-            if refit != "none" and site.kind == "final" and head is not None:
+            if refit == "linear" and site.kind == "final" and head is not None:
+                from dytune.refit import fold_map_into_head
+
+                mapping, error = _ridge_map(dyt, x, target, weights[: x.shape[0]])
+                fold_map_into_head(model, mapping)
+                fitted[site.name] = (dyt, error)
+            elif refit != "none" and site.kind == "final" and head is not None:
                 _final_norm_logit_fit(site, dyt, x, target, weights[: x.shape[0]], head.weight)
     return fitted, n_tokens
 
@@ -334,12 +340,28 @@ def _final_norm_logit_fit(site: NormSite, dyt: DyT, x: torch.Tensor, target: tor
 def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens, teacher_hiddens, real) -> float:  # noqa: ANN001
     """refit='linear' for one norm: fold a full least-squares map into its consumers, then refit the
     sub-layer's output projection against the original's (see `dytune.refit`). Returns the map's fit error."""
-    from dytune.refit import find_consumers, fold_map_into_consumers, refit_output_projection, ridge_solve
+    from dytune.refit import find_consumers, fold_map_into_consumers, refit_output_projection
 
     args, kwargs = _with_hidden(*calls[0], hiddens[0])
     consumers, out_proj = find_consumers(block, dyt, lambda: block(*args, **kwargs))
     if not consumers:
         return float("nan")
+    mapping, error = _ridge_map(dyt, x, target, weights)
+    fold_map_into_consumers(consumers, mapping)
+    if out_proj is not None:
+        names = {m: n for n, m in block.named_modules()}
+        teacher_out = teacher.get_submodule(names[out_proj])
+        (inputs,), _ = _run_block(block, calls, hiddens, [out_proj])
+        (wanted,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_out], outputs=True)
+        refit_output_projection(out_proj, real(inputs), real(wanted), weights)
+    return error
+
+
+def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The full least-squares map from the DyT's tanh features to `target`, for its consumers to absorb: the DyT
+    keeps gamma = 1 (and the offset in beta, where it has one). Returns (map (in, out), relative error)."""
+    from dytune.refit import ridge_solve
+
     z = torch.tanh(dyt.alpha.detach().float().cpu() * x)
     features = torch.cat([z, torch.ones(len(z), 1)], 1) if dyt.bias is not None else z
     solution = ridge_solve(features, target, weights)
@@ -350,14 +372,7 @@ def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens
     if dyt.bias is not None:  # y ~ (z + c) @ mapping: the offset stays in the DyT's beta
         offset = torch.linalg.lstsq(mapping.T, solution[-1].unsqueeze(1)).solution.squeeze(1)
         dyt.bias.data.copy_(offset.float())
-    fold_map_into_consumers(consumers, mapping)
-    if out_proj is not None:
-        names = {m: n for n, m in block.named_modules()}
-        teacher_out = teacher.get_submodule(names[out_proj])
-        (inputs,), _ = _run_block(block, calls, hiddens, [out_proj])
-        (wanted,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_out], outputs=True)
-        refit_output_projection(out_proj, real(inputs), real(wanted), weights)
-    return error
+    return mapping, error
 
 
 def _run_block(block, calls, hiddens, modules, outputs: bool = False):  # noqa: ANN001, ANN202

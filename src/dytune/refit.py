@@ -10,7 +10,9 @@ converted model's sub-layers see what the original's saw:
   linear   affine, plus the linear layers that read the DyT's output ("consumers": q/k/v, gate/up, ...)
            absorb a full hidden x hidden least-squares map from DyT features to the original norm output,
            and each sub-layer's output projection (o_proj, down_proj, ...) is refitted so the sub-layer
-           adds to the residual stream what the original's added. Linear weights change (shapes do not).
+           adds to the residual stream what the original's added; the final norm's map goes into the LM head
+           (untied from the input embeddings if it was tied: vocab x hidden more parameters). Linear weights
+           change (shapes do not).
 
 Rows are weighted: the first token of each sequence is the model's attention sink (activations ~100x the
 median in SmolLM2); every later token attends to its key and value, so its error costs far more than one
@@ -103,6 +105,21 @@ def fold_map_into_consumers(consumers: list[nn.Module], map_in_out: torch.Tensor
     for lin in consumers:
         weight = linear_weight_in_out(lin).double()
         set_linear_weight_in_out(lin, map_in_out.double().to(weight.device) @ weight)
+
+
+def fold_map_into_head(model: nn.Module, map_in_out: torch.Tensor) -> bool:
+    """The LM head reads y ~ z @ map instead of the final norm's output: W' = W @ map^T. A head tied to the
+    input embeddings is untied first (the embeddings must keep reading tokens as before); returns whether it
+    was, as that adds vocab x hidden parameters to the saved model."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    weight = head.weight.data.double() @ map_in_out.double().to(head.weight.device).T
+    tied = embed is not None and head.weight is embed.weight
+    if tied:
+        head.weight = nn.Parameter(weight.to(embed.weight.dtype))
+        model.config.tie_word_embeddings = False  # transformers 5 re-ties from the config on save and load
+    else:
+        head.weight.data.copy_(weight.to(head.weight.dtype))
+    return tied
 
 
 def refit_output_projection(lin: nn.Module, inputs: torch.Tensor, target: torch.Tensor,

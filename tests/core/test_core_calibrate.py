@@ -124,6 +124,35 @@ def test_refit_none_copies_gamma_exactly_and_linear_refit_cannot_be_reverted():
                        calibration_method="parallel", progress=False)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_linear_refit_folds_the_final_map_into_an_untied_head_that_saves_and_loads(arch, tmp_path):
+    import subprocess
+    import sys
+
+    model = tiny_model(arch, tie_word_embeddings=True)
+    embed = model.get_input_embeddings().weight.detach().clone()
+    head_before = model.get_output_embeddings().weight.detach().clone()
+    assert torch.equal(head_before, embed)  # tied, as SmolLM2's is
+    tok = tiny_tokenizer()
+    dytune.convert(model, tokenizer=tok, calibration=TEXTS, calibration_refit="linear", progress=False)
+    head = model.get_output_embeddings().weight
+    assert not model.config.tie_word_embeddings and head is not model.get_input_embeddings().weight
+    assert torch.equal(model.get_input_embeddings().weight, embed)  # tokens are still read as before
+    assert not torch.equal(head, head_before)  # the final norm's map went into the head
+    final = dict(dytune.dyt_modules(model))["model.norm" if arch == "llama" else "transformer.ln_f"]
+    assert torch.equal(final.weight, torch.ones_like(final.weight))  # gamma moved into the map
+    dytune.save(model, tmp_path / "dyt", tok)
+    ids = [[1, 5, 9, 30, 2, 7, 11, 40]]
+    with torch.no_grad():
+        reference = model(torch.tensor(ids)).logits
+    torch.save(reference, tmp_path / "logits.pt")  # test-only reference, never loaded by dytune
+    code = (f"import torch, dytune; m = dytune.load({str(tmp_path / 'dyt')!r}); "
+            f"print(torch.equal(m(torch.tensor({ids})).logits, torch.load({str(tmp_path / 'logits.pt')!r})), "
+            "m.get_output_embeddings().weight is m.get_input_embeddings().weight)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_real_model_conversion_closes_most_of_the_naive_gap(tmp_path):
     """SmolLM2-135M: all 61 RMSNorms converted; the default calibration is far better than alpha=0.5."""
