@@ -42,6 +42,8 @@ ARMS: dict[str, dict] = {
     "calibrated, sequential, per-channel alpha, affine refit": dict(calibration_refit="affine", per_channel=True),
     "calibrated, sequential, per-channel alpha, linear refit, sink weight 30": dict(
         calibration_refit="linear", per_channel=True, sink_weight=30.0),
+    "calibrated, sequential, linear refit, sink weight 30, 256 calibration records": dict(
+        calibration_refit="linear", sink_weight=30.0, calibration_records=256, calibration_max_tokens=65536),
     "calibrated, sequential, per-channel alpha, linear refit, sink weight 30, 256 calibration records": dict(
         calibration_refit="linear", per_channel=True, sink_weight=30.0, calibration_records=256,
         calibration_max_tokens=65536),

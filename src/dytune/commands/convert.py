@@ -25,7 +25,7 @@ def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
     p.add_argument("--refit", default="affine", choices=REFITS,
                    help="with calibrated alpha, what else is fitted by least squares: affine (default: each DyT's "
                         "gamma/beta), none (gamma/beta copied exactly), linear (also the linear layers around each "
-                        "norm; changes their weights)")
+                        "norm and the LM head, untying a tied head; changes their weights)")
     p.add_argument("--sink-weight", type=float, default=1.0,
                    help="weight of each sequence's first token (the attention sink) in the least-squares fits "
                         "(default 1; 30 helps --refit linear)")
