@@ -21,6 +21,8 @@ def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
                    help="calibration data: a .txt file (paragraphs), or any source `dytune data` reads "
                         "(Alpaca/ShareGPT/messages JSON or JSONL...); default: a small built-in text")
     p.add_argument("--calibration-samples", type=int, default=64, help="records taken from DATA (default 64)")
+    p.add_argument("--calibration-max-tokens", type=int, default=16384,
+                   help="calibration tokens used in the fits (default 16384; more helps --refit linear)")
     p.add_argument("--calibration-method", default="sequential", choices=["sequential", "parallel"])
     p.add_argument("--refit", default="affine", choices=REFITS,
                    help="with calibrated alpha, what else is fitted by least squares: affine (default: each DyT's "
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = calibration_texts_from_source(args.calibration, tokenizer, args.calibration_samples)
     report = convert(model, alpha_init=args.alpha_init, norms=args.norms, per_channel=args.per_channel,
                      tokenizer=tokenizer, calibration=calibration, calibration_method=args.calibration_method,
-                     calibration_refit=args.refit, sink_weight=args.sink_weight)
+                     calibration_refit=args.refit, sink_weight=args.sink_weight,
+                     calibration_max_tokens=args.calibration_max_tokens)
     model.config.dyt["source"] = args.src
     save(model, out, tokenizer, overwrite=args.overwrite,
          extra_files={"conversion_report.json": report.to_dict()})
