@@ -121,6 +121,8 @@ def convert_models(work: Path, model_name: str, sources: set[str]) -> dict[str, 
     import dytune
 
     out = {}
+    if not sources:  # LayerNorm arms only: nothing to convert
+        return out
     tokenizer = dytune.load_tokenizer(model_name)
     for name, kwargs in ((n, SOURCES[n]) for n in sorted(sources)):
         target = work / f"dyt-{name}"

@@ -301,13 +301,15 @@ def calibrate_sites(
             reads_last = x.shape == last_student.shape and torch.allclose(x, last_student, atol=1e-5)
             target = site.reference_output(last_teacher if reads_last else x)
             dyt = fit_and_install(site, x, target)
-            if refit == "linear" and site.kind == "final" and head is not None:
+            if refit == "none" or site.kind != "final" or head is None:
+                continue
+            if refit == "linear":
                 from dytune.refit import fold_map_into_head
 
                 mapping, error = _ridge_map(dyt, x, target, weights[: x.shape[0]])
                 fold_map_into_head(model, mapping)
                 fitted[site.name] = (dyt, error)
-            elif refit != "none" and site.kind == "final" and head is not None:
+            else:
                 _final_norm_logit_fit(site, dyt, x, target, weights[: x.shape[0]], head.weight)
     return fitted, n_tokens
 

@@ -107,10 +107,10 @@ def fold_map_into_consumers(consumers: list[nn.Module], map_in_out: torch.Tensor
         set_linear_weight_in_out(lin, map_in_out.double().to(weight.device) @ weight)
 
 
-def fold_map_into_head(model: nn.Module, map_in_out: torch.Tensor) -> bool:
+def fold_map_into_head(model: nn.Module, map_in_out: torch.Tensor) -> None:
     """The LM head reads y ~ z @ map instead of the final norm's output: W' = W @ map^T. A head tied to the
-    input embeddings is untied first (the embeddings must keep reading tokens as before); returns whether it
-    was, as that adds vocab x hidden parameters to the saved model."""
+    input embeddings is untied first (the embeddings must keep reading tokens as before), which adds
+    vocab x hidden parameters to the saved model."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     weight = head.weight.data.double() @ map_in_out.double().to(head.weight.device).T
     tied = embed is not None and head.weight is embed.weight
@@ -119,7 +119,6 @@ def fold_map_into_head(model: nn.Module, map_in_out: torch.Tensor) -> bool:
         model.config.tie_word_embeddings = False  # transformers 5 re-ties from the config on save and load
     else:
         head.weight.data.copy_(weight.to(head.weight.dtype))
-    return tied
 
 
 def refit_output_projection(lin: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
