@@ -68,11 +68,19 @@ ARMS: dict[str, dict] = {
     # the long run: ours-full from the per-channel-alpha conversion (the best start that keeps gamma exact)
     "ours-full-pc": dict(norm="dyt", source="ours-pc", mode="full", learning_rate=1e-4, distill=True,
                          alpha_lr_multiplier=10.0, local=True, twin="ours-full-twin"),
+    # from the best zero-shot conversion (linear refit): no block-wise stage, since its final DyT feeds an LM head
+    # refitted for it and no longer imitates the final norm; alpha's step relative to |alpha| (down to ~0.04)
+    "ours-full-linear": dict(norm="dyt", source="ours-linear", mode="full", learning_rate=2e-5, distill=True,
+                             alpha_lr_multiplier=100.0, alpha_lr_relative=True, twin="ours-full-twin"),
 }
 SOURCES = {  # DyT starting points, converted once per work directory
     "study": dict(alpha_init="constant:0.5", keep_affine=False),
     "ours": dict(alpha_init="calibrated", calibration_refit="none"),
     "ours-pc": dict(alpha_init="calibrated", calibration_refit="none", per_channel=True),
+    # the best zero-shot recipe of benchmarks/conversion.py (+0.96 nat there): linear refit, sink weight 30,
+    # calibrated on 256 Alpaca records (the first 256 that are not held out here)
+    "ours-linear": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
+                        calibration_max_tokens=65536, calibration_records=256),
 }
 DEFAULT_ARMS = ["study", "study-twin", "ours-full", "ours-full-twin", "ours-lora+dyt", "ours-lora+dyt-twin"]
 
@@ -114,6 +122,17 @@ def prepare_data(work: Path, heldout: int, sharegpt_samples: int | None, alpaca_
             "alpaca_train": len(train_alpaca), "heldout": len(val), "sharegpt_read": report.read}
 
 
+def _calibration_texts(tokenizer, records: int) -> list[str]:  # noqa: ANN001
+    """The first `records` Alpaca records that are not held out, rendered with the chat template."""
+    from dytune.calibration_data import _render
+    from dytune.data import load_conversations
+
+    alpaca, _ = load_conversations(str(ALPACA))
+    held = set(json.loads(HELDOUT_IDS.read_text())["ids"])
+    rows = [row for row in alpaca if row["id"] not in held][:records]
+    return [_render(row["messages"], tokenizer) for row in rows]
+
+
 def convert_models(work: Path, model_name: str, sources: set[str]) -> dict[str, str]:
     """The DyT starting points the arms need (SOURCES), converted once and saved: ours (calibrated, gamma/beta
     kept; -pc with per-channel alpha) and the study's (alpha 0.5, gamma/beta dropped). Arms distil from the
@@ -129,6 +148,10 @@ def convert_models(work: Path, model_name: str, sources: set[str]) -> dict[str, 
         if not (target / "config.json").is_file():
             model = dytune.load_model(model_name)
             t = time.time()
+            kwargs = dict(kwargs)
+            records = kwargs.pop("calibration_records", None)
+            if records:
+                kwargs["calibration"] = _calibration_texts(tokenizer, records)
             dytune.convert(model, tokenizer=tokenizer, progress=False, **kwargs)
             model.config.dyt["source"] = model_name
             dytune.save(model, target, tokenizer, overwrite=True)

@@ -102,3 +102,17 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
                     module.bias.uniform_(-0.2, 0.2)
     model.eval()
     return model
+
+
+def run_in_fresh_process(code: str, timeout: float = 300) -> str:
+    """Run Python `code` in a new interpreter (nothing imported or registered in this one carries over) and
+    return its stdout; a non-zero exit fails with the end of its stderr."""
+    import subprocess
+    import sys
+    import textwrap
+
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         timeout=timeout)
+    if out.returncode != 0:
+        raise AssertionError(f"fresh process exited {out.returncode}:\n{out.stderr[-3000:]}")
+    return out.stdout

@@ -10,7 +10,7 @@ from dytune.calibrate import _sink_weights, fit_alpha
 from dytune.errors import DytuneError
 from dytune.norms import find_norms
 from dytune.refit import affine_fit, find_consumers, logit_metric_affine
-from dytune.testing import tiny_model, tiny_tokenizer
+from dytune.testing import run_in_fresh_process, tiny_model, tiny_tokenizer
 
 TEXTS = [f"The quick brown fox number {i} jumps over the lazy dog, again and again." for i in range(24)]
 
@@ -126,9 +126,6 @@ def test_refit_none_copies_gamma_exactly_and_linear_refit_cannot_be_reverted():
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_linear_refit_folds_the_final_map_into_an_untied_head_that_saves_and_loads(arch, tmp_path):
-    import subprocess
-    import sys
-
     model = tiny_model(arch, tie_word_embeddings=True)
     embed = model.get_input_embeddings().weight.detach().clone()
     head_before = model.get_output_embeddings().weight.detach().clone()
@@ -149,8 +146,7 @@ def test_linear_refit_folds_the_final_map_into_an_untied_head_that_saves_and_loa
     code = (f"import torch, dytune; m = dytune.load({str(tmp_path / 'dyt')!r}); "
             f"print(torch.equal(m(torch.tensor({ids})).logits, torch.load({str(tmp_path / 'logits.pt')!r})), "
             "m.get_output_embeddings().weight is m.get_input_embeddings().weight)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
+    assert run_in_fresh_process(code).split() == ["True", "False"]
 
 
 @pytest.mark.slow

@@ -1,23 +1,14 @@
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 import dytune
 from dytune.dyt import DyT
+from dytune.testing import run_in_fresh_process as _run
 from dytune.testing import tiny_model, tiny_tokenizer
 
 IDS = torch.tensor([[1, 5, 9, 30, 2, 7, 11, 40]])
-
-
-def _run(code: str) -> str:
-    """Run Python in a fresh process (no state shared with this one) and return its stdout."""
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox", "gemma2"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from dytune.testing import run_in_fresh_process
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_loading_the_truncated_file_stays_well_under_3x_its_size(truncated_share
         "base = hwm()\n"
         f"convs, report = load_conversations({str(truncated_sharegpt)!r})\n"
         "print(hwm() - base, len(convs))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = run_in_fresh_process(code).split()
     grown, n = int(out[0]), int(out[1])
     size = truncated_sharegpt.stat().st_size
     assert n == 17_390
