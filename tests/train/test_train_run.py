@@ -11,6 +11,7 @@ import yaml
 
 import dytune
 from dytune.errors import DytuneError
+from dytune.testing import tiny_model
 from dytune.train import parse_config, train
 from dytune.train.callbacks import read_metrics
 
@@ -79,6 +80,49 @@ def test_dyt_only_trains_nothing_else(quick, tiny_dir, tmp_path) -> None:
     for name, param in original.named_parameters():
         if "norm" not in name:
             assert torch.equal(final.get_parameter(name), param), name
+
+
+def test_lr_multipliers_freeze_and_scale_by_parameter_name(quick, tiny_dir, tmp_path) -> None:
+    """`lr_multipliers`: multiplier 0 keeps layer 0 bit-identical through a full-mode run; layer 1 still trains."""
+    summary = train(quick(mode="full", lr_multipliers="model.layers.0.*=0,*.mlp.*=0.5",
+                          output_dir=str(tmp_path / "m")))
+    assert summary["global_step"] == 4
+    final = dytune.load(str(tmp_path / "m" / "final"))
+    original = dytune.load(str(tiny_dir))
+    for name, param in original.named_parameters():
+        moved = not torch.equal(final.get_parameter(name), param)
+        if name.startswith("model.layers.0."):
+            assert not moved, name
+        elif name.startswith("model.layers.1.") and name.endswith("proj.weight"):
+            assert moved, name
+
+
+def test_lr_multiplier_groups() -> None:
+    from dytune.train.trainable import param_groups
+
+    model = tiny_model("llama")
+    dytune.convert(model, alpha_init="constant:0.5", progress=False)
+    groups = param_groups(model, 1e-3, 0.1, alpha_lr_multiplier=10.0,
+                          lr_multipliers={"model.layers.0.*": 0.1, "*.mlp.*": 0.0})
+    rates = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"])) for g in groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_group = {g["name"]: {names[id(p)] for p in g["params"]} for g in groups}
+    assert rates["decay*0.1"][:2] == (pytest.approx(1e-4), 0.1)  # layer 0's attention (its mlp matched first)
+    assert rates["alpha*0.1"][:2] == (pytest.approx(1e-3), 0.0)  # layer 0's two alphas: 10x, then 0.1x
+    assert rates["alpha*0.1"][2] == 2 and rates["alpha"][2] == 3  # final norm + layer 1's two
+    assert not any(".mlp." in n for members in by_group.values() for n in members if "layers.1." in n)
+    assert all(n.startswith("model.layers.0.") for n in by_group["decay*0.1"])
+    with pytest.raises(DytuneError, match=r"'model.blocks.\*' match no trainable parameter"):
+        param_groups(model, 1e-3, 0.0, lr_multipliers={"model.blocks.*": 0.5})
+
+
+@pytest.mark.parametrize("value,message", [("layers.0", "GLOB=MULT"), ("a=x", "not a number"),
+                                           ("a=-1", "negative")])
+def test_lr_multipliers_bad_values(value: str, message: str) -> None:
+    from dytune.train import TrainConfig
+
+    with pytest.raises(DytuneError, match=message):
+        TrainConfig(output_dir="unused", lr_multipliers=value)
 
 
 def test_nan_stops_with_a_clear_message(quick, tiny_dir, tmp_path) -> None:

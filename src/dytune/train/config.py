@@ -67,6 +67,9 @@ class TrainConfig(TrainingArguments):
     alpha_lr_multiplier: float = field(default=1.0, metadata={"help": "learning-rate multiplier for DyT alpha"})
     alpha_lr_relative: bool = field(default=False, metadata={
         "help": "scale each alpha's learning rate by its own |alpha| (same relative step for alpha 0.02 and 12)"})
+    lr_multipliers: str | None = field(default=None, metadata={
+        "help": "learning-rate multipliers by parameter name: 'GLOB=MULT,GLOB=MULT' (or a YAML mapping), e.g. "
+                "'model.layers.[0-7].*=0.1'; the first matching glob wins, on top of the group's rate; 0 freezes"})
     affine_lr_multiplier: float = field(default=1.0, metadata={
         "help": "learning-rate multiplier for DyT gamma/beta (and norm weights in the LayerNorm twin)"})
     # -- distillation from the original model ---------------------------------------------------------------
@@ -137,6 +140,7 @@ class TrainConfig(TrainingArguments):
                 raise DytuneError("distill_hidden_weight needs distill: true (it compares with the teacher)")
         if self.distill and self.ce_weight == 0 and self.distill_weight == 0 and not self.distill_hidden_weight:
             raise DytuneError("every loss term has weight 0: set ce_weight, distill_weight or distill_hidden_weight")
+        self.lr_multipliers = parse_lr_multipliers(self.lr_multipliers)
         if self.lora_r <= 0:
             raise DytuneError(f"lora_r must be positive, got {self.lora_r}")
         if isinstance(self.lora_target_modules, str):
@@ -183,6 +187,28 @@ class TrainConfig(TrainingArguments):
         for key, value in self.to_dict().items():
             out.setdefault(key, value)
         return json.loads(json.dumps(out, default=str))
+
+
+def parse_lr_multipliers(value: Any) -> dict[str, float] | None:
+    """'GLOB=MULT,GLOB=MULT' or a mapping -> {glob: multiplier} (order kept: the first match wins)."""
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        pairs = [item.rpartition("=") for item in value.split(",") if item.strip()]
+        if any(not sep or not glob.strip() for glob, sep, _ in pairs):
+            raise DytuneError(f"lr_multipliers must look like 'GLOB=MULT,GLOB=MULT', got {value!r}")
+        value = {glob.strip(): mult for glob, _, mult in pairs}
+    if not isinstance(value, dict):
+        raise DytuneError(f"lr_multipliers must be a mapping or 'GLOB=MULT,...', got {type(value).__name__}")
+    out = {}
+    for glob, mult in value.items():
+        try:
+            out[str(glob)] = float(mult)
+        except (TypeError, ValueError):
+            raise DytuneError(f"lr_multipliers: {glob!r} has multiplier {mult!r}, not a number") from None
+        if out[str(glob)] < 0:
+            raise DytuneError(f"lr_multipliers: {glob!r} has a negative multiplier {mult!r}")
+    return out
 
 
 def _data_mapping(data: Any) -> dict[str, Any]:

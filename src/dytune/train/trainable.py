@@ -13,6 +13,8 @@ the sensitive one); other tensors follow nanoGPT's rule (decay iff `dim() >= 2`)
 
 from __future__ import annotations
 
+import fnmatch
+
 from dataclasses import dataclass
 
 import torch
@@ -148,27 +150,56 @@ def classify_parameters(model: nn.Module) -> dict[str, str]:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_multiplier: float = 1.0,
-                 affine_lr_multiplier: float = 1.0, alpha_lr_relative: bool = False) -> list[dict]:
+                 affine_lr_multiplier: float = 1.0, alpha_lr_relative: bool = False,
+                 lr_multipliers: dict[str, float] | None = None) -> list[dict]:
     """Optimizer groups with names; empty groups are left out.
 
     `alpha_lr_relative`: one group per DyT alpha with its learning rate scaled by that alpha's current mean
     |value|, so that an Adam step changes every alpha by about the same *fraction* (calibrated alphas of one
-    model span 0.02 to 12: one absolute rate is too large for some layers and too small for others)."""
+    model span 0.02 to 12: one absolute rate is too large for some layers and too small for others).
+    `lr_multipliers`: {glob over parameter names: multiplier}, the first match wins, applied on top of the
+    group's rate; a group is split by multiplier (named `decay*0.1`, ...). Multiplier 0 leaves the tensor out
+    of the optimizer, so it stays bit-identical. A glob that matches no trainable parameter is an error."""
     settings = {
         "decay": (lr, weight_decay),
         "no_decay": (lr, 0.0),
         "alpha": (lr * alpha_lr_multiplier, 0.0),
         "affine": (lr * affine_lr_multiplier, 0.0),
     }
-    members: dict[str, list[torch.nn.Parameter]] = {k: [] for k in settings}
+    classes = classify_parameters(model)
+    multiplier = _match_multipliers(list(classes), lr_multipliers or {})
+    members: dict[tuple[str, float], list[torch.nn.Parameter]] = {}
     params = dict(model.named_parameters())
-    for name, group in classify_parameters(model).items():
-        members[group].append(params[name])
-    groups = [{"name": g, "params": members[g], "lr": settings[g][0], "weight_decay": settings[g][1]}
-              for g in settings if members[g] and not (g == "alpha" and alpha_lr_relative)]
-    if alpha_lr_relative:
-        for i, alpha in enumerate(members["alpha"]):
-            scale = max(float(alpha.detach().abs().mean()), 1e-3)
-            groups.append({"name": f"alpha.{i}", "params": [alpha], "lr": settings["alpha"][0] * scale,
-                           "weight_decay": 0.0})
+    for name, group in classes.items():
+        if multiplier[name] > 0:
+            members.setdefault((group, multiplier[name]), []).append(params[name])
+    groups = []
+    for (group, mult), tensors in sorted(members.items(), key=lambda kv: (list(settings).index(kv[0][0]), -kv[0][1])):
+        rate, decay = settings[group]
+        label = group if mult == 1.0 else f"{group}*{mult:g}"
+        if group == "alpha" and alpha_lr_relative:
+            for i, alpha in enumerate(tensors):
+                scale = max(float(alpha.detach().abs().mean()), 1e-3)
+                groups.append({"name": f"{label}.{i}", "params": [alpha], "lr": rate * mult * scale,
+                               "weight_decay": 0.0})
+        else:
+            groups.append({"name": label, "params": tensors, "lr": rate * mult, "weight_decay": decay})
     return groups
+
+
+def _match_multipliers(names: list[str], globs: dict[str, float]) -> dict[str, float]:
+    """Each parameter name's multiplier: the first glob that matches it, else 1 (PEFT/DDP prefixes tolerated)."""
+    out, used = {}, set()
+    for name in names:
+        out[name] = 1.0
+        for glob, mult in globs.items():
+            if fnmatch.fnmatchcase(name, glob) or fnmatch.fnmatchcase(name, "*." + glob):
+                out[name] = mult
+                used.add(glob)
+                break
+    unused = [g for g in globs if g not in used]
+    if unused:
+        example = names[0] if names else "(none)"
+        raise DytuneError(f"lr_multipliers: {', '.join(map(repr, unused))} match no trainable parameter "
+                          f"(names look like {example!r})")
+    return out

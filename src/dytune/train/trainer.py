@@ -59,7 +59,8 @@ class DytuneTrainer(Trainer):
             kwargs = {k: v for k, v in kwargs.items() if k not in ("params", "model", "optimizer_dict")}
             groups = param_groups(opt_model, self.args.learning_rate, self.args.weight_decay,
                                   self.dy.alpha_lr_multiplier, self.dy.affine_lr_multiplier,
-                                  getattr(self.dy, "alpha_lr_relative", False))
+                                  getattr(self.dy, "alpha_lr_relative", False),
+                                  getattr(self.dy, "lr_multipliers", None))
             self.optimizer = cls(groups, **kwargs)
         return self.optimizer
 
