@@ -100,6 +100,10 @@ SOURCES = {  # DyT starting points, converted once per work directory
     # calibrated on 256 Alpaca records (the first 256 that are not held out here)
     "ours-linear": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
                         calibration_max_tokens=65536, calibration_records=256),
+    # the same recipe on about as many tokens, half of them ShareGPT (most of the training text): 128 Alpaca
+    # records + the first 30 ShareGPT conversations of the training file
+    "ours-linear-mixed": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
+                              calibration_max_tokens=65536, calibration_records=128, calibration_sharegpt=30),
 }
 DEFAULT_ARMS = ["study", "study-twin", "ours-full", "ours-full-twin", "ours-lora+dyt", "ours-lora+dyt-twin"]
 
@@ -141,14 +145,18 @@ def prepare_data(work: Path, heldout: int, sharegpt_samples: int | None, alpaca_
             "alpaca_train": len(train_alpaca), "heldout": len(val), "sharegpt_read": report.read}
 
 
-def _calibration_texts(tokenizer, records: int) -> list[str]:  # noqa: ANN001
-    """The first `records` Alpaca records that are not held out, rendered with the chat template."""
+def _calibration_texts(tokenizer, records: int, sharegpt: int = 0, work: Path | None = None) -> list[str]:  # noqa: ANN001
+    """The first `records` Alpaca records that are not held out (+ the first `sharegpt` conversations of the
+    training file), rendered with the chat template."""
     from dytune.calibration_data import _render
     from dytune.data import load_conversations
 
     alpaca, _ = load_conversations(str(ALPACA))
     held = set(json.loads(HELDOUT_IDS.read_text())["ids"])
     rows = [row for row in alpaca if row["id"] not in held][:records]
+    if sharegpt:
+        chats, _ = load_conversations(str(work / "sharegpt.jsonl"))
+        rows += list(chats.select(range(sharegpt)))
     return [_render(row["messages"], tokenizer) for row in rows]
 
 
@@ -169,8 +177,9 @@ def convert_models(work: Path, model_name: str, sources: set[str]) -> dict[str, 
             t = time.time()
             kwargs = dict(kwargs)
             records = kwargs.pop("calibration_records", None)
+            sharegpt = kwargs.pop("calibration_sharegpt", 0)
             if records:
-                kwargs["calibration"] = _calibration_texts(tokenizer, records)
+                kwargs["calibration"] = _calibration_texts(tokenizer, records, sharegpt, work)
             dytune.convert(model, tokenizer=tokenizer, progress=False, **kwargs)
             model.config.dyt["source"] = model_name
             dytune.save(model, target, tokenizer, overwrite=True)
