@@ -24,8 +24,9 @@ Levers (not in the default list): lever-block-local (block-wise stage trains who
 lever-relative-alpha (alpha learning rate proportional to each |alpha|), lever-hidden (+ per-layer hidden-state
 matching), ours-full-pc (per-channel calibrated alpha), each ours-full with that one change; ours-full-linear
 (from the best zero-shot conversion: linear refit, sink weight 30, 256 calibration records; lr 2e-6) with its
-twin ours-full-linear-twin, lever-linear-lr5e-6 and lever-linear-early-lr (1e-5, but 1e-6 on layers 0-7; -twin), and lever-linear-alpaca (that, with
-the Alpaca training records repeated 40 times). Run them with --arms and they join the existing JSON.
+twin ours-full-linear-twin, lever-linear-early-lr (1e-5, but 1e-6 on layers 0-7) with its twin, and
+lever-linear-alpaca (that, with the Alpaca training records repeated 40 times). Run them with --arms and they join
+the existing JSON.
 Writes benchmarks/results/recovery.json and recovery.png (`--out`).
 """
 
@@ -72,14 +73,11 @@ ARMS: dict[str, dict] = {
                          alpha_lr_multiplier=10.0, local=True, twin="ours-full-twin"),
     # from the best zero-shot conversion (linear refit): no block-wise stage, since its final DyT feeds an LM head
     # refitted for it and no longer imitates the final norm; alpha's step relative to |alpha| (down to ~0.002).
-    # This start is sharp: one Adam step at lr 1e-5 on the first 8 layers' projections takes held-out CE from 3.2
-    # to 7.0 (README), so the rate is 2e-6, probed against 2e-5 / 1e-5 (diverge) and LoRA 1e-4 (worse).
+    # This start is sharp (benchmarks/recovery_sharpness.py; one step at 1e-5 took held-out CE from 3.53 to 6.95),
+    # so the rate is 2e-6, probed against 2e-5 / 1e-5 (diverge) and LoRA 1e-4 (worse).
     "ours-full-linear": dict(norm="dyt", source="ours-linear", mode="full", learning_rate=2e-6, distill=True,
                              alpha_lr_multiplier=100.0, alpha_lr_relative=True, twin="ours-full-linear-twin"),
     "ours-full-linear-twin": dict(norm="layernorm", mode="full", learning_rate=2e-6, distill=True),
-    "lever-linear-lr5e-6": dict(norm="dyt", source="ours-linear", mode="full", learning_rate=5e-6, warmup_steps=10,
-                                distill=True, alpha_lr_multiplier=100.0, alpha_lr_relative=True,
-                                twin="ours-full-linear-twin"),
     # benchmarks/recovery_sharpness.py: only the projections of layers 0-7 are sharp at this start (one sign step
     # of 1e-5: +0.52 nat there, -0.05 on layers 12-29); so 1e-5 everywhere but 1e-6 on those
     "lever-linear-early-lr": dict(norm="dyt", source="ours-linear", mode="full", learning_rate=1e-5,

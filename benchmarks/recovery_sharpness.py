@@ -35,54 +35,39 @@ def _layer(name: str) -> int:
     return int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
 
 
-def _batch(rows: list[dict]) -> dict[str, torch.Tensor]:
-    length = max(len(r["input_ids"]) for r in rows)
-    pad = [length - len(r["input_ids"]) for r in rows]
-    return {"input_ids": torch.tensor([r["input_ids"] + [0] * p for r, p in zip(rows, pad)]),
-            "labels": torch.tensor([r["labels"] + [-100] * p for r, p in zip(rows, pad)]),
-            "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * p for r, p in zip(rows, pad)])}
-
-
-@torch.no_grad()
-def _ce(model, batches: list[dict]) -> float:  # noqa: ANN001
-    nll = tokens = 0.0
-    for batch in batches:
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        nll += float(model(**batch).loss) * n
-        tokens += n
-    return nll / tokens
-
-
-def sharpness(path: str, train_batch: dict, held: list[dict], steps: list[float]) -> dict:
+def sharpness(path: str, train_batch: dict, held, steps: list[float], pad_id: int) -> dict:  # noqa: ANN001
     import dytune
+    from dytune.eval.perplexity import token_loss
+
+    def ce() -> float:  # token-weighted CE over the held-out assistant tokens, as recovery.py's evaluation
+        with torch.no_grad():
+            return token_loss(model, held, batch_size=8, pad_id=pad_id).loss
 
     model = dytune.load(path) if Path(path).is_dir() else dytune.load_model(path)
     model.eval()
-    base = _ce(model, held)
+    base = ce()
     model.zero_grad()
     model(**train_batch).loss.backward()
     signs = {n: p.grad.sign() for n, p in model.named_parameters() if p.grad is not None}
     out = {"ce": base, "after_one_sign_step": {}}
     for group, keep in GROUPS.items():
         for step in steps:
+            key = f"{group} @ {step:g}"
             saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in signs and keep(n)}
             with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in saved:
-                        p.sub_(step * signs[n])
-            out["after_one_sign_step"][f"{group} @ {step:g}"] = _ce(model, held) - base
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in saved:
-                        p.copy_(saved[n])
-            print(f"{path}: {group} @ {step:g}: {out['after_one_sign_step'][f'{group} @ {step:g}']:+.3f}",
-                  file=sys.stderr, flush=True)
+                for n in saved:
+                    model.get_parameter(n).sub_(step * signs[n])
+                out["after_one_sign_step"][key] = ce() - base
+                for n, value in saved.items():
+                    model.get_parameter(n).copy_(value)
+            print(f"{path}: {key}: {out['after_one_sign_step'][key]:+.3f}", file=sys.stderr, flush=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     import dytune
     from dytune.data import load_conversations, tokenize_conversations
+    from dytune.train.collate import PadCollator
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "recovery")
@@ -96,14 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = dytune.load_tokenizer(args.model)
     held, _ = load_conversations(str(args.work / "heldout.jsonl"))
     train, _ = load_conversations(str(args.work / "alpaca_train.jsonl"), max_samples=8, seed=0)
-    held_rows = list(tokenize_conversations(held, tokenizer, max_length=512))
-    held_batches = [_batch(held_rows[i:i + 8]) for i in range(0, len(held_rows), 8)]
-    train_batch = _batch(list(tokenize_conversations(train, tokenizer, max_length=512)))
+    pad_id = tokenizer.pad_token_id or 0
+    held_tokens = tokenize_conversations(held, tokenizer, max_length=512)
+    train_rows = tokenize_conversations(train, tokenizer, max_length=512).select_columns(["input_ids", "labels"])
+    train_batch = PadCollator(pad_id=pad_id)(list(train_rows))
     steps = [1e-6, 1e-5]
     starts = {"original": args.model, **{d.name: str(d) for d in sorted(args.work.glob("dyt-*"))}}
     result = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
               "heldout_records": len(held), "train_records_for_gradient": len(train), "steps": steps,
-              "models": {name: sharpness(path, train_batch, held_batches, steps) for name, path in starts.items()}}
+              "models": {name: sharpness(path, train_batch, held_tokens, steps, pad_id)
+                         for name, path in starts.items()}}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: {g: round(v, 3) for g, v in m["after_one_sign_step"].items()}
                       for k, m in result["models"].items()}, indent=1))

@@ -5,8 +5,7 @@ import torch
 
 import dytune
 from dytune.dyt import DyT
-from dytune.testing import run_in_fresh_process as _run
-from dytune.testing import tiny_model, tiny_tokenizer
+from dytune.testing import run_in_fresh_process as _run, tiny_model, tiny_tokenizer
 
 IDS = torch.tensor([[1, 5, 9, 30, 2, 7, 11, 40]])
 

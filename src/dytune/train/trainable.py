@@ -14,7 +14,6 @@ the sensitive one); other tensors follow nanoGPT's rule (decay iff `dim() >= 2`)
 from __future__ import annotations
 
 import fnmatch
-
 from dataclasses import dataclass
 
 import torch
