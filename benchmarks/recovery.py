@@ -25,8 +25,13 @@ lever-relative-alpha (alpha learning rate proportional to each |alpha|), lever-h
 matching), ours-full-pc (per-channel calibrated alpha), each ours-full with that one change; ours-full-linear
 (from the best zero-shot conversion: linear refit, sink weight 30, 256 calibration records; lr 2e-6) with its
 twin ours-full-linear-twin, lever-linear-early-lr (1e-5, but 1e-6 on layers 0-7) with its twin, and
-lever-linear-alpaca (that, with the Alpaca training records repeated 40 times). Run them with --arms and they join
-the existing JSON.
+lever-linear-alpaca (that, with the Alpaca training records repeated 40 times) with its twin. Run them with --arms
+and they join the existing JSON.
+
+Long runs: `--save-every N` checkpoints each arm (latest only), `--resume` continues every arm from its checkpoint
+(data position, optimizer and RNG included), so a 500k-token arm can span sessions; `--collect --arms ...` trains
+nothing and rebuilds the named arms from their run directories into --out (arms run side by side as separate
+processes, or stopped early: those are marked `partial`).
 Writes benchmarks/results/recovery.json and recovery.png (`--out`).
 """
 
@@ -87,6 +92,8 @@ ARMS: dict[str, dict] = {
     "lever-linear-alpaca": dict(norm="dyt", source="ours-linear", mode="full", learning_rate=1e-5,
                                 lr_multipliers="model.layers.[0-7].*proj*=0.1", distill=True, alpaca_weight=40,
                                 alpha_lr_multiplier=100.0, alpha_lr_relative=True),
+    "lever-linear-alpaca-twin": dict(norm="layernorm", mode="full", learning_rate=1e-5, alpaca_weight=40,
+                                     lr_multipliers="model.layers.[0-7].*proj*=0.1", distill=True),
     "lever-linear-early-lr-twin": dict(norm="layernorm", mode="full", learning_rate=1e-5,
                                        lr_multipliers="model.layers.[0-7].*proj*=0.1", distill=True),
 }
@@ -126,6 +133,13 @@ def prepare_data(work: Path, heldout: int, sharegpt_samples: int | None, alpaca_
         HELDOUT_IDS.parent.mkdir(parents=True, exist_ok=True)
         HELDOUT_IDS.write_text(json.dumps({"source": "alpaca_sample.json", "ids": held_ids,
                                            "note": "never trained on by benchmarks/recovery.py"}, indent=1) + "\n")
+    settings = {"heldout_ids": held_ids, "sharegpt_samples": sharegpt_samples, "alpaca_train": alpaca_train,
+                "seed": seed}
+    record = work / "data.json"  # reuse the files while they match: other arms may be reading them right now
+    if record.is_file() and json.loads(record.read_text())["settings"] == settings:
+        data = json.loads(record.read_text())["data"]
+        if all(Path(path).is_file() for path in data["paths"].values()):
+            return data
     held = set(held_ids)
     rest = [i for i in range(len(alpaca)) if alpaca[i]["id"] not in held]
     random.Random(seed + 1).shuffle(rest)
@@ -139,8 +153,10 @@ def prepare_data(work: Path, heldout: int, sharegpt_samples: int | None, alpaca_
     train_alpaca.to_json(str(paths["alpaca_train"]), lines=True)
     val.to_json(str(paths["heldout"]), lines=True)
     assert not held & set(train_alpaca["id"])
-    return {"paths": {k: str(v) for k, v in paths.items()}, "sharegpt_conversations": len(sharegpt),
+    data = {"paths": {k: str(v) for k, v in paths.items()}, "sharegpt_conversations": len(sharegpt),
             "alpaca_train": len(train_alpaca), "heldout": len(val), "sharegpt_read": report.read}
+    record.write_text(json.dumps({"settings": settings, "data": data}, indent=1) + "\n")
+    return data
 
 
 def _calibration_texts(tokenizer, records: int, sharegpt: int = 0, work: Path | None = None) -> list[str]:  # noqa: ANN001
@@ -202,7 +218,6 @@ class TokenBudget:
 
 def run_arm(name: str, spec: dict, data: dict, models: dict, args: argparse.Namespace) -> dict:
     from dytune.train import TrainConfig, train
-    from dytune.train.callbacks import read_metrics
 
     spec = dict(spec)
     spec.pop("twin", None)
@@ -218,21 +233,46 @@ def run_arm(name: str, spec: dict, data: dict, models: dict, args: argparse.Name
               "val_source": data["paths"]["heldout"], "max_length": args.max_length, "seed": 0},
         per_device_train_batch_size=args.batch, gradient_accumulation_steps=args.grad_accum,
         eval_steps=args.eval_every, threads=args.threads)
+    if args.save_every:  # resumable: a run longer than a session continues with --resume
+        values.update(save_strategy="steps", save_steps=args.save_every, save_total_limit=1)
+    if args.resume:
+        values.update(overwrite=False, resume=True)
     if spec["norm"] == "dyt" and spec.get("distill"):
         values["teacher"] = args.model  # converted in another process: distil from the original by name
     if local:
         values.update(local_distill_steps=args.local_steps, local_distill_lr=args.local_lr,
                       local_distill_params=local_params)
     t = time.time()
-    summary = train(TrainConfig(**values), callbacks=[TokenBudget(args.tokens).callback])
-    rows = read_metrics(args.work / name / "metrics.jsonl")
+    train(TrainConfig(**values), callbacks=[TokenBudget(args.tokens).callback])
+    return dict(collect_arm(args.work / name, args.tokens), wall_s=time.time() - t)
+
+
+def collect_arm(run: Path, budget: int) -> dict:
+    """An arm's result from its run directory: settings from config.yaml, the held-out curve from metrics.jsonl,
+    the rest from summary.json. A run without a summary (killed, or still to be resumed) is marked partial."""
+    import yaml
+
+    from dytune.train.callbacks import read_metrics
+
+    if not (run / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{run} has no metrics.jsonl: that arm never ran in this work directory")
+    rows = read_metrics(run / "metrics.jsonl")
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     offset = (summary.get("local_distill") or {}).get("tokens", 0)
-    curve = [{"step": r["step"], "tokens": int(r.get("num_input_tokens_seen", 0)) + offset, "ce": r["eval_loss"]}
-             for r in rows if "eval_loss" in r]
-    return {"settings": {k: v for k, v in values.items() if k not in ("data",)}, "curve": curve,
-            "local_distill": summary.get("local_distill"), "train_tokens": summary["train_tokens"],
-            "steps": summary["global_step"], "skipped_steps": summary.get("skipped_steps", 0),
-            "tokens_per_second": summary.get("tokens_per_second"), "wall_s": time.time() - t}
+    by_step = {r["step"]: r for r in rows if "eval_loss" in r}  # a resumed run evaluates its first step twice
+    curve = [{"step": s, "tokens": int(r.get("num_input_tokens_seen", 0)) + offset, "ce": r["eval_loss"]}
+             for s, r in sorted(by_step.items())]
+    trained = [r for r in rows if "tokens" in r]
+    settings = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    out = {"settings": {k: v for k, v in settings.items() if k != "data"}, "curve": curve,
+           "local_distill": summary.get("local_distill"),
+           "train_tokens": summary.get("train_tokens", trained[-1]["tokens"] if trained else 0),
+           "steps": summary.get("global_step", rows[-1]["step"] if rows else 0),
+           "skipped_steps": summary.get("skipped_steps", 0), "tokens_per_second": summary.get("tokens_per_second")}
+    if not summary or out["train_tokens"] < budget:
+        out["partial"] = (f"stopped at {out['train_tokens']:,} of {budget:,} training tokens"
+                          + ("" if summary else " (no summary.json: killed or not yet resumed)"))
+    return out
 
 
 def _twin(name: str) -> str | None:
@@ -321,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-steps", type=int, default=None, help="block-wise distillation steps (default 40; quick 8)")
     p.add_argument("--local-lr", type=float, default=1e-2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (keeps the latest only)")
+    p.add_argument("--resume", action="store_true", help="continue each arm from its latest checkpoint")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: rebuild the named arms from their run directories under --work (arms run "
+                        "side by side as separate processes, or stopped early) and join them into --out")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "recovery")
     p.add_argument("--out", type=Path, default=RESULTS / "recovery.json")
     args = p.parse_args(argv)
@@ -338,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
 
     data = prepare_data(args.work, args.heldout, args.sharegpt_samples, args.alpaca_train, seed=0)
-    models = convert_models(args.work, args.model, {ARMS[n]["source"] for n in names if ARMS[n]["norm"] == "dyt"})
+    models = {} if args.collect else convert_models(args.work, args.model, {ARMS[n]["source"] for n in names if ARMS[n]["norm"] == "dyt"})
     result: dict = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": "cpu",
                                 "threads": torch.get_num_threads()},
                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -351,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"== {name}", file=sys.stderr, flush=True)
         try:
-            result["arms"][name] = run_arm(name, ARMS[name], data, models, args)
+            result["arms"][name] = (collect_arm(args.work / name, args.tokens) if args.collect
+                                    else run_arm(name, ARMS[name], data, models, args))
         except Exception as err:  # noqa: BLE001 - one failed arm is a result too; the others still run
             print(f"arm {name} failed: {err}", file=sys.stderr, flush=True)
             result["arms"][name] = {"error": str(err), "curve": []}
