@@ -204,6 +204,7 @@ def calibrate_sites(
     method: str = "sequential",
     refit: str = "affine",
     sink_weight: float = 1.0,
+    ridge: float = 1e-3,
     max_tokens: int = 16384,
     progress: bool = True,
     install: Callable | None = None,
@@ -216,7 +217,8 @@ def calibrate_sites(
     produces, and is fitted to what the *original* block's norm outputs there (the original block runs beside
     it on the original activations), so errors upstream are corrected rather than copied.
     `refit` ("none" | "affine" | "linear") and `sink_weight`: see `dytune.refit`. "linear" changes the
-    weights of the linear layers around each norm and needs the sequential method.
+    weights of the linear layers around each norm and needs the sequential method; `ridge` is the strength
+    of its least-squares solves (`dytune.refit.ridge_solve`).
     """
     from tqdm.auto import tqdm
 
@@ -286,7 +288,7 @@ def calibrate_sites(
             dyt = fit_and_install(site, x, target)
             if refit == "linear" and site.kind in ("attn", "ffn"):
                 error = _refit_linears(block, teacher, site, dyt, x, target, weights[: x.shape[0]], calls,
-                                       hiddens, teacher_hiddens, real)
+                                       hiddens, teacher_hiddens, real, ridge)
                 fitted[site.name] = (dyt, error)
         _, hiddens = _run_block(block, calls, hiddens, [])
         teacher_hiddens = next_teacher_hiddens
@@ -306,7 +308,7 @@ def calibrate_sites(
             if refit == "linear":
                 from dytune.refit import fold_map_into_head
 
-                mapping, error = _ridge_map(dyt, x, target, weights[: x.shape[0]])
+                mapping, error = _ridge_map(dyt, x, target, weights[: x.shape[0]], ridge)
                 fold_map_into_head(model, mapping)
                 fitted[site.name] = (dyt, error)
             else:
@@ -339,7 +341,8 @@ def _final_norm_logit_fit(site: NormSite, dyt: DyT, x: torch.Tensor, target: tor
         dyt.bias.data.copy_(beta.to(dyt.bias.device))
 
 
-def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens, teacher_hiddens, real) -> float:  # noqa: ANN001
+def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens, teacher_hiddens, real,  # noqa: ANN001
+                   ridge: float = 1e-3) -> float:
     """refit='linear' for one norm: fold a full least-squares map into its consumers, then refit the
     sub-layer's output projection against the original's (see `dytune.refit`). Returns the map's fit error."""
     from dytune.refit import find_consumers, fold_map_into_consumers, refit_output_projection
@@ -348,25 +351,26 @@ def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens
     consumers, out_proj = find_consumers(block, dyt, lambda: block(*args, **kwargs))
     if not consumers:
         return float("nan")
-    mapping, error = _ridge_map(dyt, x, target, weights)
+    mapping, error = _ridge_map(dyt, x, target, weights, ridge)
     fold_map_into_consumers(consumers, mapping)
     if out_proj is not None:
         names = {m: n for n, m in block.named_modules()}
         teacher_out = teacher.get_submodule(names[out_proj])
         (inputs,), _ = _run_block(block, calls, hiddens, [out_proj])
         (wanted,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_out], outputs=True)
-        refit_output_projection(out_proj, real(inputs), real(wanted), weights)
+        refit_output_projection(out_proj, real(inputs), real(wanted), weights, ridge)
     return error
 
 
-def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
+def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+               ridge: float = 1e-3) -> tuple[torch.Tensor, float]:
     """The full least-squares map from the DyT's tanh features to `target`, for its consumers to absorb: the DyT
     keeps gamma = 1 (and the offset in beta, where it has one). Returns (map (in, out), relative error)."""
     from dytune.refit import ridge_solve
 
     z = torch.tanh(dyt.alpha.detach().float().cpu() * x)
     features = torch.cat([z, torch.ones(len(z), 1)], 1) if dyt.bias is not None else z
-    solution = ridge_solve(features, target, weights)
+    solution = ridge_solve(features, target, weights, ridge)
     mapping = solution[: z.shape[1]]
     error = float((weights.unsqueeze(1) * ((features.double() @ solution) - target.double()).pow(2)).mean()
                   / (weights.unsqueeze(1) * target.double().pow(2)).mean())

@@ -48,6 +48,7 @@ class ConversionReport:
     layers: list[LayerReport] = field(default_factory=list)
     calibration_tokens: int = 0
     refit: str = "none"  # see dytune.refit: which parameters calibration refitted besides alpha
+    refit_ridge: float | None = None  # the "linear" refit's ridge strength
 
     @property
     def converted(self) -> list[LayerReport]:
@@ -193,6 +194,7 @@ def convert(
     calibration_method: str = "sequential",
     calibration_refit: str = "affine",
     sink_weight: float = 1.0,
+    refit_ridge: float = 1e-3,
     progress: bool = True,
 ) -> ConversionReport:
     """Replace the selected norm layers of `model` with DyT, in place; returns a per-layer report.
@@ -213,6 +215,8 @@ def convert(
             additionally changes the linear layers around each norm (see `dytune.refit`); after "linear" the
             model cannot be reverted in place.
         sink_weight: weight of each sequence's first token (the attention sink) in the calibration fits.
+        refit_ridge: ridge strength of the "linear" refit's least-squares solves, relative to the mean feature
+            variance; larger trades zero-shot fit for smaller gains along rarely seen directions.
     """
     from dytune import hf_registration
 
@@ -226,7 +230,8 @@ def convert(
         raise DytuneError(f"no norm layer of kind {', '.join(kinds)} in {type(model).__name__}; found kinds: "
                           + ", ".join(sorted({s.kind for s in sites})))
     refit = calibration_refit if strategy == "calibrated" and keep_affine else "none"
-    report = ConversionReport(alpha_init=str(alpha_init), per_channel=per_channel, kinds=list(kinds), refit=refit)
+    report = ConversionReport(alpha_init=str(alpha_init), per_channel=per_channel, kinds=list(kinds), refit=refit,
+                              refit_ridge=refit_ridge if refit == "linear" else None)
     fitted: dict[str, tuple[DyT, float]] = {}
     if strategy == "calibrated":
         from dytune.calibrate import calibrate_sites
@@ -234,7 +239,7 @@ def convert(
         batches = _calibration_batches(model, tokenizer, calibration, calibration_max_length)
         fitted, report.calibration_tokens = calibrate_sites(
             model, selected, batches, per_channel=per_channel, keep_affine=keep_affine,
-            method=calibration_method, refit=refit, sink_weight=sink_weight,
+            method=calibration_method, refit=refit, sink_weight=sink_weight, ridge=refit_ridge,
             max_tokens=calibration_max_tokens, progress=progress,
             install=lambda site, dyt: _set_module(model, site.name, dyt),
         )

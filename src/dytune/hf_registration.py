@@ -179,6 +179,8 @@ def mark_converted(model: nn.Module, *, sites, originals: dict[str, nn.Module], 
         "source": getattr(config, "_name_or_path", "") or "",
         "layers": spec_layers,
     }
+    if getattr(report, "refit_ridge", None) is not None:
+        config.dyt["refit_ridge"] = report.refit_ridge
     model_cls = _dyt_model_class(type(model))
     _register_pair(type(config), model_cls)
     model.__class__ = model_cls

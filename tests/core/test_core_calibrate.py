@@ -124,6 +124,29 @@ def test_refit_none_copies_gamma_exactly_and_linear_refit_cannot_be_reverted():
                        calibration_method="parallel", progress=False)
 
 
+def test_refit_ridge_shrinks_the_folded_maps_and_is_recorded():
+    """A stronger ridge gives smaller consumer weights (the map's gain) and a looser fit; config.dyt says which."""
+    tok = tiny_tokenizer()
+    base = tiny_model("llama")
+    enc = tok(TEXTS[16:], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference = base(**enc).logits
+    norms, errors = {}, {}
+    for ridge in (1e-3, 1.0):
+        model = copy.deepcopy(base)
+        report = dytune.convert(model, tokenizer=tok, calibration=TEXTS[:16], calibration_refit="linear",
+                                refit_ridge=ridge, progress=False)
+        assert report.refit_ridge == ridge and model.config.dyt["refit_ridge"] == ridge
+        norms[ridge] = float(model.model.layers[1].mlp.gate_proj.weight.detach().norm())
+        with torch.no_grad():
+            errors[ridge] = float((model(**enc).logits - reference).pow(2).mean())
+    assert norms[1.0] < 0.9 * norms[1e-3], norms
+    assert errors[1.0] > errors[1e-3], errors
+    model = tiny_model("llama")
+    dytune.convert(model, tokenizer=tok, calibration=TEXTS[:16], calibration_refit="affine", progress=False)
+    assert "refit_ridge" not in model.config.dyt  # only the linear refit has one
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_linear_refit_folds_the_final_map_into_an_untied_head_that_saves_and_loads(arch, tmp_path):
     model = tiny_model(arch, tie_word_embeddings=True)

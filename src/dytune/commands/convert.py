@@ -31,6 +31,9 @@ def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
     p.add_argument("--sink-weight", type=float, default=1.0,
                    help="weight of each sequence's first token (the attention sink) in the least-squares fits "
                         "(default 1; 30 helps --refit linear)")
+    p.add_argument("--refit-ridge", type=float, default=1e-3,
+                   help="ridge strength of --refit linear's least-squares solves, relative to the mean feature "
+                        "variance (default 1e-3; larger: a looser fit with smaller gains off the calibration data)")
     p.add_argument("--norms", default=None,
                    help="kinds to convert, comma-separated from attn,ffn,post,final,embed,qk,inner or 'all' "
                         "(default: all but qk)")
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     report = convert(model, alpha_init=args.alpha_init, norms=args.norms, per_channel=args.per_channel,
                      tokenizer=tokenizer, calibration=calibration, calibration_method=args.calibration_method,
                      calibration_refit=args.refit, sink_weight=args.sink_weight,
+                     refit_ridge=args.refit_ridge,
                      calibration_max_tokens=args.calibration_max_tokens)
     model.config.dyt["source"] = args.src
     save(model, out, tokenizer, overwrite=args.overwrite,

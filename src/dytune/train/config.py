@@ -57,6 +57,8 @@ class TrainConfig(TrainingArguments):
     calibration_refit: str = field(default="none", metadata={
         "help": "none | affine | linear: least-squares refit with calibrated alpha (see `dytune convert --refit`)"})
     sink_weight: float = field(default=1.0, metadata={"help": "weight of first tokens (attention sinks) in calibration"})
+    refit_ridge: float = field(default=1e-3, metadata={"help": "ridge strength of the linear refit (`dytune convert "
+                                                               "--refit-ridge`)"})
     # -- LoRA (PEFT) -------------------------------------------------------------------------------------------
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=32, metadata={"help": "LoRA scaling numerator"})

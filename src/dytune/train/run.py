@@ -92,7 +92,8 @@ def _prepare_model(cfg: TrainConfig, tokenizer: Any):  # noqa: ANN202
         report = convert(model, alpha_init=cfg.alpha_init, norms=cfg.norms, per_channel=cfg.per_channel,
                          keep_affine=cfg.keep_affine, tokenizer=tokenizer, calibration=calibration,
                          calibration_method=cfg.calibration_method, calibration_refit=cfg.calibration_refit,
-                         sink_weight=cfg.sink_weight, progress=cfg.process_index == 0)
+                         sink_weight=cfg.sink_weight, refit_ridge=cfg.refit_ridge,
+                         progress=cfg.process_index == 0)
         model.config.dyt["source"] = cfg.model
         # after a linear refit the original norms no longer give the original model: only the frozen copy does
         originals = None if linear_refit else OriginalNorms.from_converted(model)
