@@ -116,6 +116,11 @@ SOURCES = {  # DyT starting points, converted once per work directory
     # and unregularised least-squares maps have large gains along directions the calibration text rarely uses
     "ours-linear-ridge": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
                               calibration_max_tokens=65536, calibration_records=256, refit_ridge=0.1),
+    # the same strength, but pulling towards what each layer computed before the refit (the DyT's affine fit, the
+    # original output projections) instead of towards zero
+    "ours-linear-ridge-orig": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
+                                   calibration_max_tokens=65536, calibration_records=256, refit_ridge=0.1,
+                                   refit_ridge_to="original"),
     "ours-linear-ridge-0.01": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
                                    calibration_max_tokens=65536, calibration_records=256, refit_ridge=0.01),
     # the same recipe on about as many tokens, half of them ShareGPT (most of the training text): 128 Alpaca

@@ -28,6 +28,9 @@ class FitResult:
     beta: torch.Tensor | None = None  # refitted shift (None: the norm's own, or none)
 
 
+RIDGE_TARGETS = ("zero", "original")  # what the linear refit's ridge pulls towards (see calibrate_sites)
+
+
 def dyt_output(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None):
     y = torch.tanh(alpha * x) * gamma
     return y if beta is None else y + beta
@@ -205,6 +208,7 @@ def calibrate_sites(
     refit: str = "affine",
     sink_weight: float = 1.0,
     ridge: float = 1e-3,
+    ridge_to: str = "zero",
     max_tokens: int = 16384,
     progress: bool = True,
     install: Callable | None = None,
@@ -218,8 +222,9 @@ def calibrate_sites(
     it on the original activations), so errors upstream are corrected rather than copied.
     `refit` ("none" | "affine" | "linear") and `sink_weight`: see `dytune.refit`. "linear" changes the
     weights of the linear layers around each norm and needs the sequential method; `ridge` is the strength
-    of its least-squares solves (`dytune.refit.ridge_solve`).
-    """
+    of its least-squares solves (`dytune.refit.ridge_solve`), pulling towards zero (`ridge_to="zero"`) or towards
+    what the layer computed before the refit (`"original"`: the DyT's own affine fit for the maps, the original
+    weights for the output projections)."""
     from tqdm.auto import tqdm
 
     from dytune.norms import _find_blocks, _layer_index
@@ -229,6 +234,8 @@ def calibrate_sites(
         raise ValueError(f"unknown refit {refit!r}: choose from {', '.join(REFITS)}")
     if refit == "linear" and method != "sequential":
         raise ValueError("refit='linear' needs calibration_method='sequential'")
+    if ridge_to not in RIDGE_TARGETS:
+        raise ValueError(f"unknown ridge_to {ridge_to!r}: choose from {', '.join(RIDGE_TARGETS)}")
     if not keep_affine:
         refit = "none"  # the dropped-affine ablation keeps gamma=1, beta=0 by definition
     n_tokens = int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
@@ -288,7 +295,7 @@ def calibrate_sites(
             dyt = fit_and_install(site, x, target)
             if refit == "linear" and site.kind in ("attn", "ffn"):
                 error = _refit_linears(block, teacher, site, dyt, x, target, weights[: x.shape[0]], calls,
-                                       hiddens, teacher_hiddens, real, ridge)
+                                       hiddens, teacher_hiddens, real, ridge, ridge_to)
                 fitted[site.name] = (dyt, error)
         _, hiddens = _run_block(block, calls, hiddens, [])
         teacher_hiddens = next_teacher_hiddens
@@ -308,7 +315,7 @@ def calibrate_sites(
             if refit == "linear":
                 from dytune.refit import fold_map_into_head
 
-                mapping, error = _ridge_map(dyt, x, target, weights[: x.shape[0]], ridge)
+                mapping, error = _ridge_map(dyt, x, target, weights[: x.shape[0]], ridge, ridge_to)
                 fold_map_into_head(model, mapping)
                 fitted[site.name] = (dyt, error)
             else:
@@ -342,7 +349,7 @@ def _final_norm_logit_fit(site: NormSite, dyt: DyT, x: torch.Tensor, target: tor
 
 
 def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens, teacher_hiddens, real,  # noqa: ANN001
-                   ridge: float = 1e-3) -> float:
+                   ridge: float = 1e-3, ridge_to: str = "zero") -> float:
     """refit='linear' for one norm: fold a full least-squares map into its consumers, then refit the
     sub-layer's output projection against the original's (see `dytune.refit`). Returns the map's fit error."""
     from dytune.refit import find_consumers, fold_map_into_consumers, refit_output_projection
@@ -351,26 +358,34 @@ def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens
     consumers, out_proj = find_consumers(block, dyt, lambda: block(*args, **kwargs))
     if not consumers:
         return float("nan")
-    mapping, error = _ridge_map(dyt, x, target, weights, ridge)
+    mapping, error = _ridge_map(dyt, x, target, weights, ridge, ridge_to)
     fold_map_into_consumers(consumers, mapping)
     if out_proj is not None:
         names = {m: n for n, m in block.named_modules()}
         teacher_out = teacher.get_submodule(names[out_proj])
         (inputs,), _ = _run_block(block, calls, hiddens, [out_proj])
         (wanted,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_out], outputs=True)
-        refit_output_projection(out_proj, real(inputs), real(wanted), weights, ridge)
+        refit_output_projection(out_proj, real(inputs), real(wanted), weights, ridge,
+                                towards_current=ridge_to == "original")
     return error
 
 
 def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-               ridge: float = 1e-3) -> tuple[torch.Tensor, float]:
+               ridge: float = 1e-3, ridge_to: str = "zero") -> tuple[torch.Tensor, float]:
     """The full least-squares map from the DyT's tanh features to `target`, for its consumers to absorb: the DyT
-    keeps gamma = 1 (and the offset in beta, where it has one). Returns (map (in, out), relative error)."""
+    keeps gamma = 1 (and the offset in beta, where it has one). Returns (map (in, out), relative error).
+    `ridge_to="original"`: the ridge pulls towards the DyT's own affine fit (diag(gamma), beta)."""
     from dytune.refit import ridge_solve
 
     z = torch.tanh(dyt.alpha.detach().float().cpu() * x)
     features = torch.cat([z, torch.ones(len(z), 1)], 1) if dyt.bias is not None else z
-    solution = ridge_solve(features, target, weights, ridge)
+    prior = None
+    if ridge_to == "original":
+        gamma = dyt.weight.detach().double().cpu().expand(z.shape[1])  # scalar or per-channel
+        prior = torch.diag(gamma)
+        if dyt.bias is not None:
+            prior = torch.cat([prior, dyt.bias.detach().double().cpu().unsqueeze(0)], 0)
+    solution = ridge_solve(features, target, weights, ridge, prior)
     mapping = solution[: z.shape[1]]
     error = float((weights.unsqueeze(1) * ((features.double() @ solution) - target.double()).pow(2)).mean()
                   / (weights.unsqueeze(1) * target.double().pow(2)).mean())

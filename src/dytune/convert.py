@@ -49,6 +49,7 @@ class ConversionReport:
     calibration_tokens: int = 0
     refit: str = "none"  # see dytune.refit: which parameters calibration refitted besides alpha
     refit_ridge: float | None = None  # the "linear" refit's ridge strength
+    refit_ridge_to: str | None = None  # and what it pulls towards
 
     @property
     def converted(self) -> list[LayerReport]:
@@ -195,6 +196,7 @@ def convert(
     calibration_refit: str = "affine",
     sink_weight: float = 1.0,
     refit_ridge: float = 1e-3,
+    refit_ridge_to: str = "zero",
     progress: bool = True,
 ) -> ConversionReport:
     """Replace the selected norm layers of `model` with DyT, in place; returns a per-layer report.
@@ -217,6 +219,8 @@ def convert(
         sink_weight: weight of each sequence's first token (the attention sink) in the calibration fits.
         refit_ridge: ridge strength of the "linear" refit's least-squares solves, relative to the mean feature
             variance; larger trades zero-shot fit for smaller gains along rarely seen directions.
+        refit_ridge_to: what that ridge pulls towards: "zero", or "original" (each DyT's own affine fit for
+            the maps its consumers absorb, the original weights for the output projections).
     """
     from dytune import hf_registration
 
@@ -231,7 +235,8 @@ def convert(
                           + ", ".join(sorted({s.kind for s in sites})))
     refit = calibration_refit if strategy == "calibrated" and keep_affine else "none"
     report = ConversionReport(alpha_init=str(alpha_init), per_channel=per_channel, kinds=list(kinds), refit=refit,
-                              refit_ridge=refit_ridge if refit == "linear" else None)
+                              refit_ridge=refit_ridge if refit == "linear" else None,
+                              refit_ridge_to=refit_ridge_to if refit == "linear" else None)
     fitted: dict[str, tuple[DyT, float]] = {}
     if strategy == "calibrated":
         from dytune.calibrate import calibrate_sites
@@ -240,6 +245,7 @@ def convert(
         fitted, report.calibration_tokens = calibrate_sites(
             model, selected, batches, per_channel=per_channel, keep_affine=keep_affine,
             method=calibration_method, refit=refit, sink_weight=sink_weight, ridge=refit_ridge,
+            ridge_to=refit_ridge_to,
             max_tokens=calibration_max_tokens, progress=progress,
             install=lambda site, dyt: _set_module(model, site.name, dyt),
         )

@@ -181,6 +181,7 @@ def mark_converted(model: nn.Module, *, sites, originals: dict[str, nn.Module], 
     }
     if getattr(report, "refit_ridge", None) is not None:
         config.dyt["refit_ridge"] = report.refit_ridge
+        config.dyt["refit_ridge_to"] = report.refit_ridge_to
     model_cls = _dyt_model_class(type(model))
     _register_pair(type(config), model_cls)
     model.__class__ = model_cls

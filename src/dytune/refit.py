@@ -72,15 +72,21 @@ def logit_metric_affine(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None
     return solution[:d], (solution[d:] if with_bias else None)
 
 
-def ridge_solve(x: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None, ridge: float = 1e-3) -> torch.Tensor:
-    """B minimising sum_rows w * ||x B - target||^2 + ridge * mean(diag(x^T x)) * ||B||^2 (float64)."""
+def ridge_solve(x: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None, ridge: float = 1e-3,
+                prior: torch.Tensor | None = None) -> torch.Tensor:
+    """B minimising sum_rows w * ||x B - target||^2 + ridge * mean(diag(x^T x)) * ||B - prior||^2 (float64;
+    prior 0 when None): along directions the rows rarely use, B stays at the prior instead of growing."""
     x, target = x.double(), target.double()
     if w is not None:
         root = (w.double() / w.double().mean()).sqrt().unsqueeze(1)
         x, target = x * root, target * root
     gram = x.T @ x
-    gram.diagonal().add_(ridge * float(gram.diagonal().mean().clamp_min(1e-12)))
-    return torch.linalg.solve(gram, x.T @ target)
+    strength = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
+    gram.diagonal().add_(strength)
+    rhs = x.T @ target
+    if prior is not None:
+        rhs = rhs + strength * prior.double().to(rhs.device)
+    return torch.linalg.solve(gram, rhs)
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -122,12 +128,18 @@ def fold_map_into_head(model: nn.Module, map_in_out: torch.Tensor) -> None:
 
 
 def refit_output_projection(lin: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
-                            w: torch.Tensor | None, ridge: float = 1e-3) -> None:
-    """Least-squares weights (and bias, if the layer has one) mapping `inputs` to `target`."""
+                            w: torch.Tensor | None, ridge: float = 1e-3, towards_current: bool = False) -> None:
+    """Least-squares weights (and bias, if the layer has one) mapping `inputs` to `target`; the ridge pulls
+    towards zero, or towards the layer's current (original) weights with `towards_current`."""
     x = inputs
     if lin.bias is not None:
         x = torch.cat([inputs, torch.ones(inputs.shape[0], 1, dtype=inputs.dtype, device=inputs.device)], 1)
-    solution = ridge_solve(x, target, w, ridge)
+    prior = None
+    if towards_current:
+        prior = linear_weight_in_out(lin).double().cpu()
+        if lin.bias is not None:
+            prior = torch.cat([prior, lin.bias.data.double().cpu().unsqueeze(0)], 0)
+    solution = ridge_solve(x, target, w, ridge, prior)
     if lin.bias is not None:
         lin.bias.data.copy_(solution[-1].to(lin.bias.dtype))
         solution = solution[:-1]

@@ -124,7 +124,7 @@ def test_refit_none_copies_gamma_exactly_and_linear_refit_cannot_be_reverted():
                        calibration_method="parallel", progress=False)
 
 
-def test_refit_ridge_shrinks_the_folded_maps_and_is_recorded():
+def test_refit_ridge_shrinks_the_folded_maps_or_pulls_them_to_the_original_and_is_recorded():
     """A stronger ridge gives smaller consumer weights (the map's gain) and a looser fit; config.dyt says which."""
     tok = tiny_tokenizer()
     base = tiny_model("llama")
@@ -145,6 +145,21 @@ def test_refit_ridge_shrinks_the_folded_maps_and_is_recorded():
     model = tiny_model("llama")
     dytune.convert(model, tokenizer=tok, calibration=TEXTS[:16], calibration_refit="affine", progress=False)
     assert "refit_ridge" not in model.config.dyt  # only the linear refit has one
+    affine_error = float((model(**enc).logits.detach() - reference).pow(2).mean())
+    # pulling towards what each layer computed before (the affine fit, the original projections) instead of zero:
+    # the same strength loses far less fit, and an overwhelming ridge gives back the affine refit
+    for ridge in (1.0, 1e6):
+        model = copy.deepcopy(base)
+        dytune.convert(model, tokenizer=tok, calibration=TEXTS[:16], calibration_refit="linear", refit_ridge=ridge,
+                       refit_ridge_to="original", progress=False)
+        assert model.config.dyt["refit_ridge_to"] == "original"
+        with torch.no_grad():
+            errors[f"original {ridge}"] = float((model(**enc).logits - reference).pow(2).mean())
+    assert errors["original 1.0"] < errors[1.0] / 10, errors
+    assert errors["original 1000000.0"] == pytest.approx(affine_error, rel=0.05), (errors, affine_error)
+    with pytest.raises(ValueError, match="unknown ridge_to 'one'"):
+        dytune.convert(tiny_model("llama"), tokenizer=tok, calibration=TEXTS[:16], calibration_refit="linear",
+                       refit_ridge_to="one", progress=False)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -174,6 +174,8 @@ def test_cli_yaml_and_flags(tmp_path, tiny_dir, chat_data, capsys) -> None:
     ({"norm": "layernorm", "local_distill_steps": 3}, "need norm: dyt"),
     ({"distill_hidden_weight": 1.0}, "needs distill"),
     ({"max_length": 64, "data": {"source": "x", "max_length": 32}}, "disagree"),
+    ({"refit_ridge_to": "one"}, "refit_ridge_to must be one of zero, original"),
+    ({"refit_ridge": -1.0}, "refit_ridge must be >= 0"),
 ])
 def test_bad_configs_fail_clearly(bad: dict, message: str) -> None:
     from dytune.train import TrainConfig

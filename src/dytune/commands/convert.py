@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     report = convert(model, alpha_init=args.alpha_init, norms=args.norms, per_channel=args.per_channel,
                      tokenizer=tokenizer, calibration=calibration, calibration_method=args.calibration_method,
                      calibration_refit=args.refit, sink_weight=args.sink_weight,
-                     refit_ridge=args.refit_ridge,
+                     refit_ridge=args.refit_ridge, refit_ridge_to=args.refit_ridge_to,
                      calibration_max_tokens=args.calibration_max_tokens)
     model.config.dyt["source"] = args.src
     save(model, out, tokenizer, overwrite=args.overwrite,

@@ -59,6 +59,7 @@ class TrainConfig(TrainingArguments):
     sink_weight: float = field(default=1.0, metadata={"help": "weight of first tokens (attention sinks) in calibration"})
     refit_ridge: float = field(default=1e-3, metadata={"help": "ridge strength of the linear refit (`dytune convert "
                                                                "--refit-ridge`)"})
+    refit_ridge_to: str = field(default="zero", metadata={"help": "zero | original: what that ridge pulls towards"})
     # -- LoRA (PEFT) -------------------------------------------------------------------------------------------
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=32, metadata={"help": "LoRA scaling numerator"})
@@ -133,6 +134,12 @@ class TrainConfig(TrainingArguments):
 
         if self.calibration_refit not in REFITS:
             raise DytuneError(f"calibration_refit must be one of {', '.join(REFITS)}, got {self.calibration_refit!r}")
+        from dytune.calibrate import RIDGE_TARGETS
+
+        if self.refit_ridge_to not in RIDGE_TARGETS:
+            raise DytuneError(f"refit_ridge_to must be one of {', '.join(RIDGE_TARGETS)}, got {self.refit_ridge_to!r}")
+        if self.refit_ridge < 0:
+            raise DytuneError(f"refit_ridge must be >= 0, got {self.refit_ridge}")
         if self.norm == "layernorm" and (self.progressive_stages or self.local_distill_steps):
             raise DytuneError("progressive_stages and local_distill_steps convert norms: they need norm: dyt")
         if self.progressive_stages and self.progressive_steps <= 0:

@@ -93,6 +93,7 @@ def _prepare_model(cfg: TrainConfig, tokenizer: Any):  # noqa: ANN202
                          keep_affine=cfg.keep_affine, tokenizer=tokenizer, calibration=calibration,
                          calibration_method=cfg.calibration_method, calibration_refit=cfg.calibration_refit,
                          sink_weight=cfg.sink_weight, refit_ridge=cfg.refit_ridge,
+                         refit_ridge_to=cfg.refit_ridge_to,
                          progress=cfg.process_index == 0)
         model.config.dyt["source"] = cfg.model
         # after a linear refit the original norms no longer give the original model: only the frozen copy does
