@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -167,9 +168,10 @@ def prepare_data(work: Path, heldout: int, sharegpt_samples: int | None, alpaca_
     work.mkdir(parents=True, exist_ok=True)
     paths = {"sharegpt": work / "sharegpt.jsonl", "alpaca_train": work / "alpaca_train.jsonl",
              "heldout": work / "heldout.jsonl"}
-    sharegpt.to_json(str(paths["sharegpt"]), lines=True)
-    train_alpaca.to_json(str(paths["alpaca_train"]), lines=True)
-    val.to_json(str(paths["heldout"]), lines=True)
+    for name, rows in (("sharegpt", sharegpt), ("alpaca_train", train_alpaca), ("heldout", val)):
+        tmp = paths[name].with_suffix(".tmp")  # replaced atomically: a running arm never reads half a file
+        rows.to_json(str(tmp), lines=True)
+        os.replace(tmp, paths[name])
     assert not held & set(train_alpaca["id"])
     data = {"paths": {k: str(v) for k, v in paths.items()}, "sharegpt_conversations": len(sharegpt),
             "alpaca_train": len(train_alpaca), "heldout": len(val), "sharegpt_read": report.read}
@@ -254,7 +256,13 @@ def run_arm(name: str, spec: dict, data: dict, models: dict, args: argparse.Name
     if args.save_every:  # resumable: a run longer than a session continues with --resume
         values.update(save_strategy="steps", save_steps=args.save_every, save_total_limit=1)
     if args.resume:
-        values.update(overwrite=False, resume=True)
+        from transformers.trainer_utils import get_last_checkpoint
+
+        run = args.work / name
+        if run.is_dir() and get_last_checkpoint(str(run)):
+            values.update(overwrite=False, resume=True)
+        else:  # nothing to resume: start afresh rather than append to an older run's files
+            print(f"{name}: no checkpoint in {run}, starting from the beginning", file=sys.stderr, flush=True)
     if spec["norm"] == "dyt" and spec.get("distill"):
         values["teacher"] = args.model  # converted in another process: distil from the original by name
     if local:
@@ -276,6 +284,14 @@ def collect_arm(run: Path, budget: int) -> dict:
         raise FileNotFoundError(f"{run} has no metrics.jsonl: that arm never ran in this work directory")
     rows = read_metrics(run / "metrics.jsonl")
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    why = " (killed or not yet resumed)"
+    if summary.get("status") != "completed":
+        why = f" ({summary['status']})" if summary.get("status") else why
+        summary = {}  # stopped early: the metrics are the record
+    elif summary.get("global_step", -1) < max((r["step"] for r in rows), default=0):
+        why = f" (summary.json is from step {summary['global_step']}: resumed since)"
+        summary = {}
+    # block-wise distillation tokens come first on the x axis; only a summary knows them (partial runs: 0)
     offset = (summary.get("local_distill") or {}).get("tokens", 0)
     by_step = {r["step"]: r for r in rows if "eval_loss" in r}  # a resumed run evaluates its first step twice
     curve = [{"step": s, "tokens": int(r.get("num_input_tokens_seen", 0)) + offset, "ce": r["eval_loss"]}
@@ -288,8 +304,7 @@ def collect_arm(run: Path, budget: int) -> dict:
            "steps": summary.get("global_step", rows[-1]["step"] if rows else 0),
            "skipped_steps": summary.get("skipped_steps", 0), "tokens_per_second": summary.get("tokens_per_second")}
     if not summary or out["train_tokens"] < budget:
-        out["partial"] = (f"stopped at {out['train_tokens']:,} of {budget:,} training tokens"
-                          + ("" if summary else " (no summary.json: killed or not yet resumed)"))
+        out["partial"] = f"stopped at {out['train_tokens']:,} of {budget:,} training tokens{'' if summary else why}"
     return out
 
 
@@ -383,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue each arm from its latest checkpoint")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: rebuild the named arms from their run directories under --work (arms run "
-                        "side by side as separate processes, or stopped early) and join them into --out")
+                        "side by side as separate processes, or stopped early) and join them into --out (the original "
+                        "model is evaluated once if neither --out nor a twin gives its held-out CE)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "recovery")
     p.add_argument("--out", type=Path, default=RESULTS / "recovery.json")
     args = p.parse_args(argv)
@@ -400,12 +416,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
 
-    data = prepare_data(args.work, args.heldout, args.sharegpt_samples, args.alpaca_train, seed=0)
+    if args.collect:  # read what the runs used; never rewrite data files other arms may be reading
+        if not (args.work / "data.json").is_file():
+            p.error(f"{args.work} has no data.json: --collect needs a work directory prepared by this script")
+        data = json.loads((args.work / "data.json").read_text())["data"]
+    else:
+        data = prepare_data(args.work, args.heldout, args.sharegpt_samples, args.alpaca_train, seed=0)
     models = {} if args.collect else convert_models(args.work, args.model, {ARMS[n]["source"] for n in names if ARMS[n]["norm"] == "dyt"})
     result: dict = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": "cpu",
                                 "threads": torch.get_num_threads()},
                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "data": data, "arms": {}}
+    if args.collect:  # the run-only flags above are the collector's; each arm's own are in its settings
+        result["settings"] = {"tokens": args.tokens, "work": str(args.work),
+                              "collected": "arms rebuilt from their run directories (--collect)"}
     if args.out.is_file():  # keep arms of earlier invocations with the same settings
         old = json.loads(args.out.read_text())
         if old.get("settings", {}).get("tokens") == args.tokens and old.get("data", {}).get("heldout") == data["heldout"]:

@@ -7,8 +7,7 @@ of size s on a group says how large a learning rate that group tolerates. The gr
 records (Alpaca, never held out); the CE is measured on the held-out records of benchmarks/recovery.py. Compared:
 the original model and the DyT starting points that benchmarks/recovery.py converted (`runs/recovery/dyt-*`).
 
-Where the sharpness comes from, for each DyT start whose blocks share the original's residual basis (refits keep
-it): `depth` is the held-out CE of hybrids that run the DyT blocks 0..L and the original blocks after them (how
+Where the sharpness comes from, for each linear-refit DyT start (the starts whose sharpness is in question): `depth` is the held-out CE of hybrids that run the DyT blocks 0..L and the original blocks after them (how
 much of the gap each depth adds), and `hybrid_layers_0_7` repeats the layers 0-7 sign steps in the hybrid with
 DyT blocks 0-7 and original blocks 8-29 (is the sharpness in those layers, or in the DyT layers after them?).
 Writes benchmarks/results/recovery_sharpness.json.
@@ -35,7 +34,7 @@ GROUPS = {  # name -> predicate over parameter names (Llama-family names: the em
 }
 
 
-DEPTHS = [0, 3, 7, 11, 15, 19, 23, 27, 29]  # last DyT block of each hybrid in the depth attribution
+DEPTHS = [0, 3, 7, 11, 15, 19, 23, 27, 29]  # last DyT block of each hybrid (SmolLM2-135M has 30; deeper ones skipped)
 
 
 def _layer(name: str) -> int:
@@ -128,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"unknown starts {unknown}; found: {', '.join(starts)}")
         if args.out.is_file():
-            result["models"] = json.loads(args.out.read_text())["models"]
+            old = json.loads(args.out.read_text())
+            if (old.get("steps"), old.get("heldout_records")) != (steps, len(held)):
+                p.error(f"{args.out} was measured with other steps or held-out records: re-measure all starts")
+            result["models"] = old["models"]
         starts = {name: starts[name] for name in wanted}
     original = _load(args.model)
     for name, path in starts.items():
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result["models"][name]["depth"] = {
             f"DyT blocks 0-{last}, original after": _ce(hybrid(original, model, last + 1), held_tokens, pad_id)
-            for last in DEPTHS}
+            for last in DEPTHS if last < len(model.model.layers)}
         result["models"][name]["hybrid_layers_0_7"] = sharpness(
             hybrid(original, model, 8), train_batch, held_tokens, steps, pad_id,
             groups={"projections, layers 0-7": GROUPS["projections, layers 0-7"]}, label=f"{name} hybrid 0-7")

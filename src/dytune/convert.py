@@ -226,6 +226,8 @@ def convert(
 
     if hf_registration.is_dyt_model(model):
         raise DytuneError("this model is already DyT-converted; call dytune.revert(model) first to re-convert")
+    if refit_ridge < 0:
+        raise DytuneError(f"refit_ridge must be >= 0, got {refit_ridge}")
     kinds = parse_kinds(norms)
     strategy, constant = _parse_alpha_init(alpha_init)
     sites = find_norms(model)

@@ -137,10 +137,11 @@ def test_refit_ridge_shrinks_the_folded_maps_or_pulls_them_to_the_original_and_i
         report = dytune.convert(model, tokenizer=tok, calibration=TEXTS[:16], calibration_refit="linear",
                                 refit_ridge=ridge, progress=False)
         assert report.refit_ridge == ridge and model.config.dyt["refit_ridge"] == ridge
-        norms[ridge] = float(model.model.layers[1].mlp.gate_proj.weight.detach().norm())
+        mlp = model.model.layers[1].mlp  # a consumer of the norm's map, and a refitted output projection
+        norms[ridge] = float(mlp.gate_proj.weight.detach().norm()), float(mlp.down_proj.weight.detach().norm())
         with torch.no_grad():
             errors[ridge] = float((model(**enc).logits - reference).pow(2).mean())
-    assert norms[1.0] < 0.9 * norms[1e-3], norms
+    assert norms[1.0][0] < 0.9 * norms[1e-3][0] and norms[1.0][1] < 0.9 * norms[1e-3][1], norms
     assert errors[1.0] > errors[1e-3], errors
     model = tiny_model("llama")
     dytune.convert(model, tokenizer=tok, calibration=TEXTS[:16], calibration_refit="affine", progress=False)
@@ -157,6 +158,9 @@ def test_refit_ridge_shrinks_the_folded_maps_or_pulls_them_to_the_original_and_i
             errors[f"original {ridge}"] = float((model(**enc).logits - reference).pow(2).mean())
     assert errors["original 1.0"] < errors[1.0] / 10, errors
     assert errors["original 1000000.0"] == pytest.approx(affine_error, rel=0.05), (errors, affine_error)
+    with pytest.raises(DytuneError, match="refit_ridge must be >= 0"):
+        dytune.convert(tiny_model("llama"), tokenizer=tok, calibration_refit="linear", refit_ridge=-1.0,
+                       progress=False)
     with pytest.raises(ValueError, match="unknown ridge_to 'one'"):
         dytune.convert(tiny_model("llama"), tokenizer=tok, calibration=TEXTS[:16], calibration_refit="linear",
                        refit_ridge_to="one", progress=False)

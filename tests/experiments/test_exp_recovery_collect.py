@@ -20,7 +20,8 @@ def recovery():
     return module
 
 
-def _write_run(run, *, finished: bool, resumed: bool = False) -> None:
+def _write_run(run, *, finished: bool, resumed: bool = False, summary_step: int = 8,
+               status: str = "completed") -> None:
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"model": "m", "learning_rate": 1e-5, "data": {"source": "x"}}))
     rows = []
@@ -33,7 +34,8 @@ def _write_run(run, *, finished: bool, resumed: bool = False) -> None:
         rows.insert(8, {"step": 4, "eval_loss": 3.1, "num_input_tokens_seen": 400})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if finished:
-        (run / "summary.json").write_text(json.dumps({"train_tokens": 800, "global_step": 8, "skipped_steps": 0,
+        (run / "summary.json").write_text(json.dumps({"status": status, "train_tokens": 100 * summary_step,
+                                                      "global_step": summary_step, "skipped_steps": 0,
                                                       "tokens_per_second": 50.0, "local_distill": None}))
 
 
@@ -51,7 +53,19 @@ def test_collect_killed_resumed_run_is_partial_and_deduplicated(recovery, tmp_pa
     arm = recovery.collect_arm(tmp_path / "arm", budget=500_000)
     assert [p["step"] for p in arm["curve"]] == [0, 4, 8]
     assert arm["train_tokens"] == 800 and arm["steps"] == 8
-    assert arm["partial"] == "stopped at 800 of 500,000 training tokens (no summary.json: killed or not yet resumed)"
+    assert arm["partial"] == "stopped at 800 of 500,000 training tokens (killed or not yet resumed)"
+
+
+def test_collect_ignores_a_summary_that_is_not_this_runs_end(recovery, tmp_path):
+    # an earlier end, then resumed further and killed: the metrics are the record, not the old summary
+    _write_run(tmp_path / "stale", finished=True, summary_step=4)
+    arm = recovery.collect_arm(tmp_path / "stale", budget=800)
+    assert arm["steps"] == 8 and arm["train_tokens"] == 800 and arm["tokens_per_second"] is None
+    assert arm["partial"] == "stopped at 800 of 800 training tokens (summary.json is from step 4: resumed since)"
+    # stopped on a non-finite loss: partial, saying so
+    _write_run(tmp_path / "nan", finished=True, status="stopped: non-finite loss")
+    arm = recovery.collect_arm(tmp_path / "nan", budget=800)
+    assert arm["partial"] == "stopped at 800 of 800 training tokens (stopped: non-finite loss)"
 
 
 def test_collect_missing_run_says_which(recovery, tmp_path):
