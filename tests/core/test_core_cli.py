@@ -31,6 +31,15 @@ def test_convert_cli_prints_report_and_saves(tiny_dir, tmp_path, capsys, shared_
     assert model.config.dyt["source"] == str(tiny_dir)
 
 
+def test_convert_cli_linear_refit_ridge_flags_reach_the_saved_model(tiny_dir, tmp_path, shared_data):
+    out = tmp_path / "dyt"
+    assert main(["convert", str(tiny_dir), str(out), "--calibration", str(shared_data / "alpaca_sample.json"),
+                 "--calibration-samples", "8", "--refit", "linear", "--refit-ridge", "0.5",
+                 "--refit-ridge-to", "original"]) == 0
+    dyt = dytune.load(str(out)).config.dyt
+    assert (dyt["refit"], dyt["refit_ridge"], dyt["refit_ridge_to"]) == ("linear", 0.5, "original")
+
+
 def test_convert_cli_norm_selection_and_constant(tiny_dir, tmp_path, capsys):
     out = tmp_path / "dyt"
     assert main(["convert", str(tiny_dir), str(out), "--alpha-init", "constant:0.5", "--norms", "attn,final"]) == 0

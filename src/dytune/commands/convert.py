@@ -34,6 +34,9 @@ def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
     p.add_argument("--refit-ridge", type=float, default=1e-3,
                    help="ridge strength of --refit linear's least-squares solves, relative to the mean feature "
                         "variance (default 1e-3; larger: a looser fit with smaller gains off the calibration data)")
+    p.add_argument("--refit-ridge-to", choices=["zero", "original"], default="zero",
+                   help="what that ridge pulls towards: zero, or what each layer computed before the refit (the "
+                        "DyT's affine fit, the original output projections)")
     p.add_argument("--norms", default=None,
                    help="kinds to convert, comma-separated from attn,ffn,post,final,embed,qk,inner or 'all' "
                         "(default: all but qk)")
