@@ -155,10 +155,9 @@ def prepare_data(work: Path, heldout: int, sharegpt_samples: int | None, alpaca_
     settings = {"heldout_ids": held_ids, "sharegpt_samples": sharegpt_samples, "alpaca_train": alpaca_train,
                 "seed": seed}
     record = work / "data.json"  # reuse the files while they match: other arms may be reading them right now
-    if record.is_file() and json.loads(record.read_text())["settings"] == settings:
-        data = json.loads(record.read_text())["data"]
-        if all(Path(path).is_file() for path in data["paths"].values()):
-            return data
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    if saved.get("settings") == settings and all(Path(path).is_file() for path in saved["data"]["paths"].values()):
+        return saved["data"]
     held = set(held_ids)
     rest = [i for i in range(len(alpaca)) if alpaca[i]["id"] not in held]
     random.Random(seed + 1).shuffle(rest)
@@ -420,16 +419,17 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.work / "data.json").is_file():
             p.error(f"{args.work} has no data.json: --collect needs a work directory prepared by this script")
         data = json.loads((args.work / "data.json").read_text())["data"]
+        models: dict[str, str] = {}
+        # the run-only flags are the collector's, not the runs'; each arm's own settings are in its entry
+        settings = {"tokens": args.tokens, "work": str(args.work),
+                    "collected": "arms rebuilt from their run directories (--collect)"}
     else:
         data = prepare_data(args.work, args.heldout, args.sharegpt_samples, args.alpaca_train, seed=0)
-    models = {} if args.collect else convert_models(args.work, args.model, {ARMS[n]["source"] for n in names if ARMS[n]["norm"] == "dyt"})
+        models = convert_models(args.work, args.model, {ARMS[n]["source"] for n in names if ARMS[n]["norm"] == "dyt"})
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result: dict = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": "cpu",
                                 "threads": torch.get_num_threads()},
-                    "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "data": data, "arms": {}}
-    if args.collect:  # the run-only flags above are the collector's; each arm's own are in its settings
-        result["settings"] = {"tokens": args.tokens, "work": str(args.work),
-                              "collected": "arms rebuilt from their run directories (--collect)"}
+                    "settings": settings, "data": data, "arms": {}}
     if args.out.is_file():  # keep arms of earlier invocations with the same settings
         old = json.loads(args.out.read_text())
         if old.get("settings", {}).get("tokens") == args.tokens and old.get("data", {}).get("heldout") == data["heldout"]:

@@ -7,9 +7,10 @@ of size s on a group says how large a learning rate that group tolerates. The gr
 records (Alpaca, never held out); the CE is measured on the held-out records of benchmarks/recovery.py. Compared:
 the original model and the DyT starting points that benchmarks/recovery.py converted (`runs/recovery/dyt-*`).
 
-Where the sharpness comes from, for each linear-refit DyT start (the starts whose sharpness is in question): `depth` is the held-out CE of hybrids that run the DyT blocks 0..L and the original blocks after them (how
-much of the gap each depth adds), and `hybrid_layers_0_7` repeats the layers 0-7 sign steps in the hybrid with
-DyT blocks 0-7 and original blocks 8-29 (is the sharpness in those layers, or in the DyT layers after them?).
+Where the sharpness comes from, for each linear-refit DyT start (the starts whose sharpness is in question):
+`depth` is the held-out CE of hybrids that run the DyT blocks 0..L and the original blocks after them (how much of
+the gap each depth adds), and `hybrid_layers_0_7` repeats the layers 0-7 sign steps in the hybrid with DyT blocks
+0-7 and original blocks 8-29 (is the sharpness in those layers, or in the DyT layers after them?).
 Writes benchmarks/results/recovery_sharpness.json.
 """
 

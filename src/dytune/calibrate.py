@@ -28,9 +28,6 @@ class FitResult:
     beta: torch.Tensor | None = None  # refitted shift (None: the norm's own, or none)
 
 
-RIDGE_TARGETS = ("zero", "original")  # what the linear refit's ridge pulls towards (see calibrate_sites)
-
-
 def dyt_output(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None):
     y = torch.tanh(alpha * x) * gamma
     return y if beta is None else y + beta
@@ -228,7 +225,7 @@ def calibrate_sites(
     from tqdm.auto import tqdm
 
     from dytune.norms import _find_blocks, _layer_index
-    from dytune.refit import REFITS
+    from dytune.refit import REFITS, RIDGE_TARGETS
 
     if refit not in REFITS:
         raise ValueError(f"unknown refit {refit!r}: choose from {', '.join(REFITS)}")

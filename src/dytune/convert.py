@@ -217,8 +217,8 @@ def convert(
             additionally changes the linear layers around each norm (see `dytune.refit`); after "linear" the
             model cannot be reverted in place.
         sink_weight: weight of each sequence's first token (the attention sink) in the calibration fits.
-        refit_ridge: ridge strength of the "linear" refit's least-squares solves, relative to the mean feature
-            variance; larger trades zero-shot fit for smaller gains along rarely seen directions.
+        refit_ridge: ridge strength of the "linear" refit's least-squares solves, relative to the mean diagonal
+            of each solve's Gram matrix (`dytune.refit.ridge_solve`); larger trades zero-shot fit for a smaller gain.
         refit_ridge_to: what that ridge pulls towards: "zero", or "original" (each DyT's own affine fit for
             the maps its consumers absorb, the original weights for the output projections).
     """

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 REFITS = ("none", "affine", "linear")
+RIDGE_TARGETS = ("zero", "original")  # what the linear refit's ridge pulls towards (see calibrate_sites)
 
 
 def affine_fit(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, with_bias: bool,

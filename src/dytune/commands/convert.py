@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
-    from dytune.refit import REFITS
+    from dytune.refit import REFITS, RIDGE_TARGETS
 
     p = subparsers.add_parser(
         name, help="replace a model's LayerNorm/RMSNorm layers with DyT and save it",
@@ -32,9 +32,9 @@ def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
                    help="weight of each sequence's first token (the attention sink) in the least-squares fits "
                         "(default 1; 30 helps --refit linear)")
     p.add_argument("--refit-ridge", type=float, default=1e-3,
-                   help="ridge strength of --refit linear's least-squares solves, relative to the mean feature "
-                        "variance (default 1e-3; larger: a looser fit with smaller gains off the calibration data)")
-    p.add_argument("--refit-ridge-to", choices=["zero", "original"], default="zero",
+                   help="ridge strength of --refit linear's least-squares solves, relative to the mean diagonal of "
+                        "each solve's Gram matrix (default 1e-3; larger: a looser fit, see the README)")
+    p.add_argument("--refit-ridge-to", choices=RIDGE_TARGETS, default="zero",
                    help="what that ridge pulls towards: zero, or what each layer computed before the refit (the "
                         "DyT's affine fit, the original output projections)")
     p.add_argument("--norms", default=None,

@@ -130,12 +130,10 @@ class TrainConfig(TrainingArguments):
             raise DytuneError(f"local_distill_params must be 'dyt' or 'block', got {self.local_distill_params!r}")
         if self.calibration_method not in ("sequential", "parallel"):
             raise DytuneError(f"calibration_method must be sequential or parallel, got {self.calibration_method!r}")
-        from dytune.refit import REFITS
+        from dytune.refit import REFITS, RIDGE_TARGETS
 
         if self.calibration_refit not in REFITS:
             raise DytuneError(f"calibration_refit must be one of {', '.join(REFITS)}, got {self.calibration_refit!r}")
-        from dytune.calibrate import RIDGE_TARGETS
-
         if self.refit_ridge_to not in RIDGE_TARGETS:
             raise DytuneError(f"refit_ridge_to must be one of {', '.join(RIDGE_TARGETS)}, got {self.refit_ridge_to!r}")
         if self.refit_ridge < 0:
