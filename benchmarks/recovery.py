@@ -104,30 +104,26 @@ ARMS: dict[str, dict] = {
     "lever-linear-early-lr-twin": dict(norm="layernorm", mode="full", learning_rate=1e-5,
                                        lr_multipliers="model.layers.[0-7].*proj*=0.1", distill=True),
 }
+# dytune.convert arguments shared by the linear-refit starting points
+LINEAR_REFIT = dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0, calibration_max_tokens=65536)
 SOURCES = {  # DyT starting points, converted once per work directory
     "study": dict(alpha_init="constant:0.5", keep_affine=False),
     "ours": dict(alpha_init="calibrated", calibration_refit="none"),
     "ours-pc": dict(alpha_init="calibrated", calibration_refit="none", per_channel=True),
     # the best zero-shot recipe of benchmarks/conversion.py (+0.96 nat there): linear refit, sink weight 30,
     # calibrated on 256 Alpaca records (the first 256 that are not held out here)
-    "ours-linear": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
-                        calibration_max_tokens=65536, calibration_records=256),
+    "ours-linear": dict(LINEAR_REFIT, calibration_records=256),
     # the same with a 100x stronger ridge in the refit's solves: the linear-refit start is sharp because the DyT
     # layers downstream amplify perturbations (layers 0-7 are not sharp in front of the original layers 8-29),
     # and unregularised least-squares maps have large gains along directions the calibration text rarely uses
-    "ours-linear-ridge": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
-                              calibration_max_tokens=65536, calibration_records=256, refit_ridge=0.1),
+    "ours-linear-ridge": dict(LINEAR_REFIT, calibration_records=256, refit_ridge=0.1),
     # the same strength, but pulling towards what each layer computed before the refit (the DyT's affine fit, the
     # original output projections) instead of towards zero
-    "ours-linear-ridge-orig": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
-                                   calibration_max_tokens=65536, calibration_records=256, refit_ridge=0.1,
-                                   refit_ridge_to="original"),
-    "ours-linear-ridge-0.01": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
-                                   calibration_max_tokens=65536, calibration_records=256, refit_ridge=0.01),
+    "ours-linear-ridge-orig": dict(LINEAR_REFIT, calibration_records=256, refit_ridge=0.1, refit_ridge_to="original"),
+    "ours-linear-ridge-0.01": dict(LINEAR_REFIT, calibration_records=256, refit_ridge=0.01),
     # the same recipe on about as many tokens, half of them ShareGPT (most of the training text): 128 Alpaca
     # records + the first 30 ShareGPT conversations of the training file
-    "ours-linear-mixed": dict(alpha_init="calibrated", calibration_refit="linear", sink_weight=30.0,
-                              calibration_max_tokens=65536, calibration_records=128, calibration_sharegpt=30),
+    "ours-linear-mixed": dict(LINEAR_REFIT, calibration_records=128, calibration_sharegpt=30),
 }
 DEFAULT_ARMS = ["study", "study-twin", "ours-full", "ours-full-twin", "ours-lora+dyt", "ours-lora+dyt-twin"]
 
