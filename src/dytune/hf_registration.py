@@ -17,7 +17,10 @@ At run time the config keeps the base `model_type` (generation, PEFT and attenti
 
 from __future__ import annotations
 
+import contextvars
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -25,6 +28,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from dytune.dyt import DyT
+from dytune.errors import DytuneError
 
 MODEL_TYPE = "dytune"
 _CONFIG_CLASSES: dict[type, type] = {}
@@ -44,8 +48,21 @@ def _dyt_config_class(base: type) -> type:
         out["model_type"] = MODEL_TYPE
         return out
 
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):  # noqa: ANN001, ANN206 - transformers' signature
+        # A saved DyT config says model_type "dytune"; read it as the base type it wraps (the base class
+        # would warn "model of type dytune to instantiate a model of type llama", which no user can act on).
+        config_dict, kwargs = base.get_config_dict.__func__(cls, *args, **kwargs)
+        if config_dict.get("model_type") == MODEL_TYPE:
+            wrapped = (config_dict.get("dyt") or {}).get("base_model_type")
+            if wrapped != base.model_type:
+                raise DytuneError(f"this dytune checkpoint wraps model type {wrapped!r}, not {base.model_type!r}: "
+                                  "load it with AutoModelForCausalLM or dytune.load")
+            config_dict = {**config_dict, "model_type": base.model_type}
+        return config_dict, kwargs
+
     cls = type(f"DyT{base.__name__}", (base,), {"_is_dytune": True, "to_dict": to_dict,
-                                                "__module__": __name__})
+                                                "get_config_dict": get_config_dict, "__module__": __name__})
     _CONFIG_CLASSES[base] = cls
     return cls
 
@@ -61,13 +78,83 @@ def _dyt_model_class(base: type) -> type:
         base.__init__(self, config, *args, **kwargs)
         build_dyt_layers(self, config.dyt)
 
+    @classmethod
+    def from_pretrained(cls, *args, dytune_strict: bool | None = None, **kwargs):  # noqa: ANN001, ANN206
+        """transformers' `from_pretrained`, but a weight missing from, unexpected in or mismatched with the
+        checkpoint is a `DytuneError` naming the keys (transformers only prints a report and initialises the
+        missing ones at random). `dytune_strict=False` opts out."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = base.from_pretrained.__func__(cls, *args, output_loading_info=True, **kwargs)
+        strict = (not _LENIENT_LOADS.get()) if dytune_strict is None else dytune_strict
+        if strict:
+            check_loading_info(info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        return (model, info) if wants_info else model
+
     keep = list(getattr(base, "_keep_in_fp32_modules", None) or [])
     cls = type(f"DyT{base.__name__}", (base,), {
-        "_is_dytune": True, "__init__": __init__,
+        "_is_dytune": True, "__init__": __init__, "from_pretrained": from_pretrained,
         "_keep_in_fp32_modules": keep, "__module__": __name__,
     })
+    _share_key_renames(base, cls)
     _MODEL_CLASSES[base] = cls
     return cls
+
+
+def _share_key_renames(base: type, dyt_cls: type) -> None:
+    """Give a DyT class the checkpoint key renames transformers applies to its base class.
+
+    transformers 5 renames keys on load and reverses the renames on save (GPT-NeoX: `embed_out` <->
+    `lm_head`), looked up by class name, then by `model_type`, and skips classes defined outside
+    transformers unless their name or type was registered. Without this a converted Pythia saves
+    `embed_out.weight` and reloads with a random `lm_head`.
+    """
+    from transformers import conversion_mapping as mapping
+
+    if base.is_custom_code():  # remote code: transformers applies no renames to the base either
+        return
+    by_class = mapping.get_checkpoint_conversion_mapping(base.__name__)
+    if by_class is not None:
+        mapping.register_checkpoint_conversion_mapping(dyt_cls.__name__, by_class, overwrite=True)
+        return
+    model_type = getattr(base.config_class, "model_type", None)
+    by_type = mapping.get_checkpoint_conversion_mapping(model_type) if model_type else None
+    if by_type is not None and model_type not in mapping.USER_REGISTERED_MAPPINGS:
+        # re-registering the type's own renames marks them as applying to non-transformers classes too
+        mapping.register_checkpoint_conversion_mapping(model_type, by_type, overwrite=True)
+
+
+_LENIENT_LOADS: contextvars.ContextVar[bool] = contextvars.ContextVar("dytune_lenient_loads", default=False)
+
+
+@contextmanager
+def lenient_loads() -> Iterator[None]:
+    """Within this block, loading a DyT checkpoint with missing or unexpected weights does not raise."""
+    token = _LENIENT_LOADS.set(True)
+    try:
+        yield
+    finally:
+        _LENIENT_LOADS.reset(token)
+
+
+def check_loading_info(info: dict, location: object = None) -> None:
+    """Raise a `DytuneError` naming every weight transformers did not load exactly (its `output_loading_info`)."""
+    problems = []
+    for key, what in (("missing_keys", "missing from the checkpoint (would be newly initialised)"),
+                      ("unexpected_keys", "in the checkpoint but not in the model"),
+                      ("mismatched_keys", "of the wrong shape")):
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in (info.get(key) or []))
+        if keys:
+            shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+            problems.append(f"{len(keys)} weight(s) {what}: {shown}")
+    errors = [str(e) for e in (info.get("error_msgs") or [])]
+    if errors:
+        problems.append("load errors: " + "; ".join(errors[:3]))
+    if problems:
+        where = f" {location}" if location is not None else ""
+        raise DytuneError(f"the checkpoint{where} does not match its model exactly: " + "; ".join(problems)
+                          + ". The model would be silently wrong, so it was not returned; re-save it with "
+                          "dytune.save, or pass strict=False (dytune.load) / dytune_strict=False "
+                          "(from_pretrained) to load it anyway")
 
 
 def _register_pair(config_cls: type, model_cls: type) -> None:
@@ -120,6 +207,40 @@ def register() -> None:
         AutoConfig.register(MODEL_TYPE, DyTuneConfig, exist_ok=True)
     except TypeError:
         AutoConfig.register(MODEL_TYPE, DyTuneConfig)
+    _allow_peft_auto_mapping()
+
+
+def _allow_peft_auto_mapping() -> None:
+    """Let PEFT's `AutoPeftModelForCausalLM` import the DyT class an adapter without `task_type` names.
+
+    Such an adapter records its base class as `dytune.hf_registration.DyT<Base>ForCausalLM`, and PEFT only
+    imports classes from an allowlist (default: transformers, diffusers, ...). It offers no registration
+    hook, so dytune, already imported, adds itself to the default list.
+    """
+    try:
+        import peft.auto
+    except ImportError:  # PEFT not installed: nothing to allow
+        return
+    default = peft.auto.get_default_import_allowlist
+    if getattr(default, "_with_dytune", False):
+        return
+
+    def with_dytune() -> list[str]:
+        return [*default(), "dytune"]
+
+    with_dytune._with_dytune = True
+    peft.auto.get_default_import_allowlist = with_dytune
+
+
+def __getattr__(name: str) -> type:
+    # PEFT's adapter config names the base model class by module and name; DyT classes are made on demand.
+    import transformers
+    from transformers import PreTrainedModel
+
+    base = getattr(transformers, name[len("DyT"):], None) if name.startswith("DyT") else None
+    if isinstance(base, type) and issubclass(base, PreTrainedModel):
+        return _dyt_model_class(base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _dyt_aware_init(model: nn.Module) -> None:

@@ -139,8 +139,11 @@ def _materialise_gguf(source: ModelSource) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"dytune: dequantising {source.gguf_file} once into {target} (later loads use this copy)")
-    model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file,
-                                                 dtype=torch.float32)
+    from dytune.hf_registration import check_loading_info
+
+    model, info = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file,
+                                                       dtype=torch.float32, output_loading_info=True)
+    check_loading_info(info, Path(source.location) / (source.gguf_file or ""))
     tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     clear_quantization_state(model)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -185,17 +188,25 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     device: str | torch.device | None = None,
+    strict: bool = True,
 ) -> torch.nn.Module:
-    """Load a causal LM by name (see the module docstring). DyT-converted directories load as DyT."""
-    import dytune.hf_registration  # noqa: F401 - registers the DyT model type before loading
+    """Load a causal LM by name (see the module docstring). DyT-converted directories load as DyT.
+
+    `strict` (default): a weight missing from the checkpoint (which transformers would initialise at random),
+    an unexpected one or one of the wrong shape is a `DytuneError` naming the keys; `strict=False` loads anyway.
+    """
+    from dytune.hf_registration import check_loading_info, lenient_loads
 
     from transformers import AutoModelForCausalLM
 
     location, kwargs = local_path(name, revision)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 **kwargs)
+    with lenient_loads():  # checked below, for plain and DyT checkpoints alike
+        model, info = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                           output_loading_info=True, **kwargs)
+    if strict:
+        check_loading_info(info, name)
     if getattr(model, "name_or_path", None) in (None, "", location):
         model.config._name_or_path = name if resolve(name).kind == "hub" else location
     if device is not None:
