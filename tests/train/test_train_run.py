@@ -170,7 +170,9 @@ def test_cli_yaml_and_flags(tmp_path, tiny_dir, chat_data, capsys) -> None:
     ({"norm": "rmsnorm"}, "norm must be one of"),
     ({"distill_on": "user"}, "distill_on"),
     ({"fp16": True}, "fp16 needs a CUDA GPU"),
-    ({"progressive_stages": 2}, "progressive_steps"),
+    ({"removal_order": "random"}, "removal_order must be one of all, depth, fakeln"),
+    ({"removal_groups": 0}, "removal_groups must be >= 1"),
+    ({"norm": "layernorm", "removal_ramp_steps": 3}, "need norm: dyt"),
     ({"norm": "layernorm", "local_distill_steps": 3}, "need norm: dyt"),
     ({"distill_hidden_weight": 1.0}, "needs distill"),
     ({"max_length": 64, "data": {"source": "x", "max_length": 32}}, "disagree"),
@@ -216,20 +218,33 @@ def test_shipped_configs_parse(name: str) -> None:
         assert cfg.mode == "lora+dyt" and cfg.distill and cfg.data_spec().max_length == 512
 
 
-def test_progressive_conversion_and_block_wise_stage(quick, tmp_path) -> None:
-    summary = train(quick(mode="dyt-only", distill=True, progressive_stages=2, progressive_steps=2,
+def test_gradual_removal_and_block_wise_stage(quick, tmp_path) -> None:
+    # depth order, 2 groups, ramp 2 + hold 1: group 0's gate 1, .5, 0, 0; group 1's 1, 1, 1, 1, .5, 0
+    summary = train(quick(mode="dyt-only", distill=True, removal_order="depth", removal_groups=2,
+                          removal_ramp_steps=2, removal_hold_steps=1, max_steps=6,
                           local_distill_steps=2, local_distill_lr=1e-2, eval_strategy="no",
                           report_to="tensorboard", output_dir=str(tmp_path / "p")))
     assert summary["local_distill"]["steps"] == 2 and summary["local_distill"]["tokens"] > 0
     rows = [r for r in read_metrics(tmp_path / "p" / "metrics.jsonl") if "loss" in r]
-    assert [r["progressive_stage"] for r in rows] == [0, 0, 1, 1]
-    late = ["alpha/model.layers.1.post_attention_layernorm", "alpha/model.norm"]  # the second stage's sites
+    # logged after each step; the gate is the one that step trained with (3 of 5 sites in group 0)
+    assert [round(r["removal_gate"], 3) for r in rows] == [1.0, 0.7, 0.4, 0.4, 0.2, 0.0]
+    late = ["alpha/model.layers.1.post_attention_layernorm", "alpha/model.norm"]  # the second group's sites
     early = "alpha/model.layers.0.input_layernorm"
     start = {k: rows[0][k] for k in late}
-    assert all(rows[1][k] == start[k] for k in late)  # not converted yet: no gradient reaches them
-    assert rows[1][early] != rows[0][early]
-    assert all(rows[3][k] != start[k] for k in late)  # converted at step 3: they train
+    assert rows[0][early] == 0.5 and rows[1][early] != 0.5  # gate 1: no gradient reaches DyT; gate .5: it does
+    assert all(rows[3][k] == start[k] for k in late)  # gate 1 until step 4: no gradient reaches them
+    assert all(rows[5][k] != start[k] for k in late)
     assert list((tmp_path / "p" / "runs").rglob("events.out.tfevents.*"))  # TensorBoard got the metrics
+    # the saved model holds no norm and reloads to the trained student's logits
+    final = dytune.load(str(tmp_path / "p" / "final"))
+    assert not [m for m in final.modules() if "Norm" in type(m).__name__]
+    assert len(dytune.dyt_modules(final)) == 5
+
+
+def test_removal_schedule_longer_than_training_is_refused(quick, tmp_path) -> None:
+    with pytest.raises(DytuneError, match="removal schedule needs 8 steps"):
+        train(quick(mode="dyt-only", removal_order="depth", removal_groups=2, removal_ramp_steps=4,
+                    max_steps=6, eval_strategy="no", output_dir=str(tmp_path / "long")))
 
 
 def test_bf16_autocast_trains_alpha_in_float32(quick, tmp_path) -> None:

@@ -46,7 +46,8 @@ _VAL_KEYS = {
 # LayerNorm run among DyT runs that differ only in these, and the report pairs them with it.
 DYT_ONLY_KEYS = frozenset({
     "norm", "recipe", "alpha_init", "norms", "per_channel", "keep_affine", "calibration", "calibration_samples",
-    "calibration_method", "alpha_lr_multiplier", "progressive_stages", "progressive_steps", "local_distill_steps",
+    "calibration_method", "alpha_lr_multiplier", "removal_order", "removal_groups", "removal_ramp_steps",
+    "removal_hold_steps", "removal_shape", "local_distill_steps",
     "local_distill_lr", "local_distill_params"})
 
 

@@ -85,9 +85,16 @@ class TrainConfig(TrainingArguments):
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the CE term (0 = pure distillation)"})
     teacher: str | None = field(default=None, metadata={
         "help": "teacher model name (default: the original model before conversion)"})
-    progressive_stages: int = field(default=0, metadata={
-        "help": "convert the norms in this many stages by depth (0 = all at once); needs progressive_steps"})
-    progressive_steps: int = field(default=0, metadata={"help": "optimizer steps per progressive stage"})
+    # -- gradual removal: g * Norm(x) + (1 - g) * DyT(x), g ramped 1 -> 0 per group (dytune.train.removal) --
+    removal_order: str = field(default="all", metadata={
+        "help": "all | depth | fakeln (MLP norms, then attention, then final): the order groups of norms go"})
+    removal_groups: int = field(default=1, metadata={"help": "number of groups the converted norms are removed in"})
+    removal_ramp_steps: int = field(default=0, metadata={
+        "help": "optimizer steps over which a group's gate goes from 1 (norm) to 0 (DyT); 0 with "
+                "removal_hold_steps 0 = every norm replaced before training (the default)"})
+    removal_hold_steps: int = field(default=0, metadata={
+        "help": "steps each group trains at gate 0 before the next group's ramp starts"})
+    removal_shape: str = field(default="linear", metadata={"help": "linear | cosine: the ramp's shape"})
     local_distill_steps: int = field(default=0, metadata={
         "help": "before training: steps of block-wise distillation (each block vs the teacher's block output)"})
     local_distill_lr: float = field(default=1e-3, metadata={"help": "learning rate of the block-wise stage"})
@@ -138,10 +145,9 @@ class TrainConfig(TrainingArguments):
             raise DytuneError(f"refit_ridge_to must be one of {', '.join(RIDGE_TARGETS)}, got {self.refit_ridge_to!r}")
         if self.refit_ridge < 0:
             raise DytuneError(f"refit_ridge must be >= 0, got {self.refit_ridge}")
-        if self.norm == "layernorm" and (self.progressive_stages or self.local_distill_steps):
-            raise DytuneError("progressive_stages and local_distill_steps convert norms: they need norm: dyt")
-        if self.progressive_stages and self.progressive_steps <= 0:
-            raise DytuneError("progressive_stages needs progressive_steps > 0 (optimizer steps per stage)")
+        removal = self.removal_schedule((), ())  # validates the removal_* settings
+        if self.norm == "layernorm" and (removal.active or self.local_distill_steps):
+            raise DytuneError("gradual removal and local_distill_steps convert norms: they need norm: dyt")
         if (self.distill_hidden_weight or self.distill_weight == 0) and not self.distill:
             if self.distill_hidden_weight:
                 raise DytuneError("distill_hidden_weight needs distill: true (it compares with the teacher)")
@@ -176,6 +182,13 @@ class TrainConfig(TrainingArguments):
                               f"{self.world_size}: each process would train alone and overwrite the others' files")
 
     # -- views --------------------------------------------------------------------------------------------
+    def removal_schedule(self, names, kinds):  # noqa: ANN001, ANN201 - dytune.train.removal.RemovalSchedule
+        from dytune.train.removal import RemovalSchedule
+
+        return RemovalSchedule(tuple(names), tuple(kinds), order=self.removal_order, groups=self.removal_groups,
+                               ramp_steps=self.removal_ramp_steps, hold_steps=self.removal_hold_steps,
+                               shape=self.removal_shape)
+
     def data_spec(self):  # noqa: ANN201 - dytune.data.DataSpec
         from dytune.data import DataSpec
 

@@ -100,9 +100,9 @@ def _prepare_model(cfg: TrainConfig, tokenizer: Any):  # noqa: ANN202
         originals = None if linear_refit else OriginalNorms.from_converted(model)
     elif cfg.norm == "layernorm" and cfg.distill and cfg.mode != "full":
         originals = OriginalNorms.snapshot(model, norm_module_names(model, "layernorm"))
-    if cfg.progressive_stages and originals is None:
-        raise DytuneError("progressive_stages needs the original norms: give the unconverted model and norm: dyt "
-                          "(and a calibration_refit other than linear)")
+    if cfg.removal_schedule((), ()).active and originals is None:
+        raise DytuneError("gradual removal (removal_ramp_steps / removal_hold_steps) needs the original norms: give "
+                          "the unconverted model and norm: dyt (and a calibration_refit other than linear)")
     if cfg.distill:
         if cfg.teacher is not None:
             teacher = FrozenTeacher(load_model(cfg.teacher, attn_implementation=cfg.attn_implementation))
@@ -114,6 +114,12 @@ def _prepare_model(cfg: TrainConfig, tokenizer: Any):  # noqa: ANN202
             raise DytuneError(f"{cfg.model} was converted in another process, so its original norms are not here: "
                               "set teacher: to the original model to distil from it")
     return model, report, originals, teacher
+
+
+def _base_config(model: Any) -> Any:
+    from dytune.train.teacher import _base
+
+    return _base(model).config
 
 
 def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = None, **overrides: Any) -> dict:
@@ -199,12 +205,18 @@ def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = N
     named = dict(result.model.named_parameters())
     for name, group in classify_parameters(result.model).items():
         trainable[group] = trainable.get(group, 0) + named[name].numel()
-    if cfg.progressive_stages and cfg.ddp_find_unused_parameters is None:
-        cfg.ddp_find_unused_parameters = True  # sites not yet converted leave their DyT parameters unused
+    removal = None
+    if cfg.norm == "dyt":
+        kinds = {layer["name"]: layer["kind"] for layer in _base_config(result.model).dyt["layers"]}
+        removal = cfg.removal_schedule(result.norm_names, [kinds[n] for n in result.norm_names])
+        if removal.active and cfg.max_steps > 0 and removal.total_steps > cfg.max_steps:
+            raise DytuneError(f"the removal schedule needs {removal.total_steps} steps ({len(removal.site_groups())} "
+                              f"groups x {removal.steps_per_group}) but max_steps is {cfg.max_steps}: the saved "
+                              "model would be DyT with norms never removed in training; shorten the schedule")
 
     trainer = DytuneTrainer(model=result.model, args=cfg, train_dataset=train_ds, eval_dataset=val_ds,
                             data_collator=collator, processing_class=tokenizer, dytune_config=cfg, teacher=teacher,
-                            norm_names=result.norm_names, originals=originals,
+                            norm_names=result.norm_names, originals=originals, removal=removal,
                             callbacks=[MetricsJsonl(run / "metrics.jsonl"), *(callbacks or [])])
     if isinstance(teacher, FrozenTeacher) and trainer.is_fsdp_enabled:
         teacher.shard(cfg.device)  # the full-mode teacher copy is sharded too (UNVERIFIED until run on GPUs)

@@ -119,12 +119,3 @@ class FrozenTeacher:
         if first.device != param.device and not hasattr(first, "device_mesh"):
             self.model.to(param.device)
         yield self.model
-
-
-def progressive_groups(names: list[str], stages: int) -> list[list[str]]:
-    """Split norm sites (in forward order) into `stages` contiguous groups, shallowest first."""
-    if stages <= 0:
-        return [names]
-    stages = min(stages, len(names))
-    size = -(-len(names) // stages)
-    return [names[i:i + size] for i in range(0, len(names), size)]

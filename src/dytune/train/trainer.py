@@ -19,7 +19,8 @@ from transformers.trainer_utils import rotate_checkpoints
 from dytune.dyt import DyT
 from dytune.errors import DytuneError
 from dytune.train.losses import causal_ce_sum, hidden_match, kl_teacher_student
-from dytune.train.teacher import OriginalNorms, _base, progressive_groups
+from dytune.train.removal import NormGates, RemovalSchedule
+from dytune.train.teacher import OriginalNorms, _base
 from dytune.train.trainable import param_groups
 
 STAGING = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
@@ -34,7 +35,8 @@ class DytuneTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, dytune_config: Any, teacher: Any = None, norm_names: list[str] | None = None,
-                 originals: OriginalNorms | None = None, **kwargs: Any) -> None:
+                 originals: OriginalNorms | None = None, removal: RemovalSchedule | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.dy = dytune_config
         self.teacher = teacher
@@ -46,8 +48,12 @@ class DytuneTrainer(Trainer):
         self._staging: str | None = None
         self._last_inputs: dict | None = None
         self._bad_loss: str | None = None
-        self._stage = -1
-        self._stage_handles: list = []
+        self.removal = removal if removal is not None and removal.active else None
+        if self.removal is not None and originals is None:
+            raise DytuneError("gradual removal (removal_ramp_steps / removal_hold_steps) needs the original norms: "
+                              "convert in this run (norm: dyt on the unconverted model, calibration_refit other "
+                              "than linear)")
+        self._gates = NormGates(originals.originals) if self.removal is not None else None
         self.skipped_steps = 0
         self._eval_nll = self._eval_tokens = None
 
@@ -110,11 +116,11 @@ class DytuneTrainer(Trainer):
         self._parts_n += 1
         return (total, out) if return_outputs else total
 
-    # -- one step: progressive stage, NaN guard -------------------------------------------------------------
+    # -- one step: removal gates, NaN guard -------------------------------------------------------------
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:  # noqa: ANN001
         if self._mark is None:
             self._mark = (time.perf_counter(), int(self.state.num_input_tokens_seen))
-        self._set_stage()
+        self._set_gates()
         self._last_inputs = inputs
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
@@ -147,23 +153,15 @@ class DytuneTrainer(Trainer):
             f"non-finite {what} at optimizer step {step}. {detail} Training stopped; the last good checkpoint is "
             f"{last or '(none yet)'} (resume: --resume; or set nan_policy: skip to skip such steps).")
 
-    def _set_stage(self) -> None:
-        """Progressive conversion: sites of later stages compute their original norm until their stage."""
-        if not self.dy.progressive_stages or self.originals is None:
-            return
-        groups = progressive_groups(self.norm_names, self.dy.progressive_stages)
-        stage = min(len(groups) - 1, self.state.global_step // self.dy.progressive_steps)
-        if stage == self._stage:
-            return
-        self.clear_stage_hooks()
-        pending = [name for group in groups[stage + 1:] for name in group]
-        self._stage_handles = self.originals.install(self.model, pending)
-        self._stage = stage
+    def _set_gates(self) -> None:
+        """Gradual removal: sites still being removed mix their original norm in (see `dytune.train.removal`)."""
+        if self._gates is not None:
+            self._gates.set(self.model, self.removal.gates(self.state.global_step))
 
     def clear_stage_hooks(self) -> None:
-        for handle in self._stage_handles:
-            handle.remove()
-        self._stage_handles = []
+        """Remove every gate (after training: the model is pure DyT)."""
+        if self._gates is not None:
+            self._gates.clear()
 
     # -- metrics -----------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -177,8 +175,8 @@ class DytuneTrainer(Trainer):
                 for key, value in self._parts.items():
                     logs[key] = value / self._parts_n
             self._parts, self._parts_n = {}, 0
-            if self.dy.progressive_stages:
-                logs["progressive_stage"] = self._stage
+            if self._gates is not None:
+                logs["removal_gate"] = self._gates.mean_gate  # mean g over converted sites: 1 norm .. 0 DyT
             if self.skipped_steps:
                 logs["skipped_steps"] = self.skipped_steps
             for name, value in alpha_values(self.model, self.norm_names).items():
