@@ -218,13 +218,17 @@ def test_shipped_configs_parse(name: str) -> None:
         assert cfg.mode == "lora+dyt" and cfg.distill and cfg.data_spec().max_length == 512
 
 
-def test_gradual_removal_and_block_wise_stage(quick, tmp_path) -> None:
-    # depth order, 2 groups, ramp 2 + hold 1: group 0's gate 1, .5, 0, 0; group 1's 1, 1, 1, 1, .5, 0
-    summary = train(quick(mode="dyt-only", distill=True, removal_order="depth", removal_groups=2,
-                          removal_ramp_steps=2, removal_hold_steps=1, max_steps=6,
-                          local_distill_steps=2, local_distill_lr=1e-2, eval_strategy="no",
-                          report_to="tensorboard", output_dir=str(tmp_path / "p")))
+def test_block_wise_stage_runs_before_training(quick, tmp_path) -> None:
+    summary = train(quick(mode="dyt-only", distill=True, local_distill_steps=2, local_distill_lr=1e-2, max_steps=1,
+                          eval_strategy="no", output_dir=str(tmp_path / "b")))
     assert summary["local_distill"]["steps"] == 2 and summary["local_distill"]["tokens"] > 0
+
+
+def test_gradual_removal(quick, tmp_path) -> None:
+    # depth order, 2 groups, ramp 2 + hold 1: group 0's gate 1, .5, 0, 0; group 1's 1, 1, 1, 1, .5, 0
+    train(quick(mode="dyt-only", distill=True, removal_order="depth", removal_groups=2,
+                removal_ramp_steps=2, removal_hold_steps=1, max_steps=6, eval_strategy="no",
+                report_to="tensorboard", output_dir=str(tmp_path / "p")))
     rows = [r for r in read_metrics(tmp_path / "p" / "metrics.jsonl") if "loss" in r]
     # logged after each step; the gate is the one that step trained with (3 of 5 sites in group 0)
     assert [round(r["removal_gate"], 3) for r in rows] == [1.0, 0.7, 0.4, 0.4, 0.2, 0.0]
