@@ -10,7 +10,9 @@ from functools import lru_cache
 
 import torch
 
-TINY_ARCHS = ("gpt2", "gpt_neox", "llama", "qwen2", "gemma", "gemma2", "qwen3", "olmo2")
+# Every architecture the suite's conversion matrix covers (tests/core/test_core_arch_matrix.py).
+TINY_ARCHS = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo2",
+              "opt", "falcon", "bloom", "gpt_neo")
 
 _CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -57,30 +59,35 @@ def tiny_tokenizer(chat_template: bool = True):
 
 
 def tiny_config(arch: str, vocab_size: int = 320, **overrides):
-    """A 2-layer, 64-wide config of the given architecture (`model_type`)."""
+    """A 2-layer, 64-wide config of the given architecture (`model_type`); `overrides` (e.g.
+    `tie_word_embeddings=True`) are passed to the config class."""
     from transformers import AutoConfig
 
+    # id 0 is <|endoftext|> in tiny_tokenizer (Phi-3's default pad id 32000 would not even fit the vocabulary)
+    tokens = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   tie_word_embeddings=False)
-    if arch == "gpt2":
-        cfg = AutoConfig.for_model("gpt2", vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4,
-                                   n_positions=128, n_inner=128, bos_token_id=0, eos_token_id=0)
-    elif arch == "gpt_neox":
-        cfg = AutoConfig.for_model("gpt_neox", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
-                                   use_parallel_residual=True, tie_word_embeddings=False,
-                                   bos_token_id=0, eos_token_id=0)
-    elif arch in ("gemma", "gemma2"):
-        cfg = AutoConfig.for_model(arch, head_dim=16, **common)
-    elif arch == "qwen3":
-        cfg = AutoConfig.for_model(arch, head_dim=16, **common)
-    elif arch in ("llama", "qwen2", "olmo2"):
-        cfg = AutoConfig.for_model(arch, **common)
-    else:
+    per_arch = {
+        "gpt2": dict(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=128, n_inner=128),
+        "gpt_neox": dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=128, use_parallel_residual=True,
+                         tie_word_embeddings=False),
+        "llama": common, "qwen2": common, "olmo2": common, "phi3": common,
+        "mistral": dict(common, head_dim=16), "qwen3": dict(common, head_dim=16),
+        "gemma": dict(common, head_dim=16), "gemma2": dict(common, head_dim=16),
+        "opt": dict(vocab_size=vocab_size, hidden_size=64, ffn_dim=128, word_embed_proj_dim=64, num_hidden_layers=2,
+                    num_attention_heads=4, max_position_embeddings=128),
+        "falcon": dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       ffn_hidden_size=128, max_position_embeddings=128),
+        "bloom": dict(vocab_size=vocab_size, hidden_size=64, n_layer=2, n_head=4),
+        "gpt_neo": dict(vocab_size=vocab_size, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                        max_position_embeddings=128, attention_types=[[["global", "local"], 1]], window_size=16),
+    }
+    if arch not in per_arch:
         raise ValueError(f"no tiny config for {arch!r}; choose from {TINY_ARCHS}")
-    # id 0 is <|endoftext|> in tiny_tokenizer
-    for key, value in {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, **overrides}.items():
+    cfg = AutoConfig.for_model(arch, **{**per_arch[arch], **tokens, **overrides})
+    for key, value in {**tokens, **overrides}.items():  # some configs take these only as attributes
         setattr(cfg, key, value)
     return cfg
 
@@ -104,15 +111,17 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     return model
 
 
-def run_in_fresh_process(code: str, timeout: float = 300) -> str:
+def run_in_fresh_process(code: str, timeout: float = 300, *, with_stderr: bool = False,
+                         python_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
     """Run Python `code` in a new interpreter (nothing imported or registered in this one carries over) and
-    return its stdout; a non-zero exit fails with the end of its stderr."""
+    return its stdout, or `(stdout, stderr)` with `with_stderr`; a non-zero exit fails with the end of its
+    stderr. `python_args` go before `-c` (e.g. `-I`); `env` replaces the environment."""
     import subprocess
     import sys
     import textwrap
 
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run([sys.executable, *python_args, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=timeout, env=env)
     if out.returncode != 0:
         raise AssertionError(f"fresh process exited {out.returncode}:\n{out.stderr[-3000:]}")
-    return out.stdout
+    return (out.stdout, out.stderr) if with_stderr else out.stdout
