@@ -1,4 +1,9 @@
-"""`dytune answer MODEL --out answers.jsonl`: two-turn MT-bench answers in FastChat's format (resumable)."""
+"""`dytune answer MODEL --out answers.jsonl`: two-turn MT-bench answers in FastChat's format (resumable).
+
+    dytune answer RUN/final --out answers.jsonl                                    # dytune's protocol
+    dytune answer RUN/final --out study.jsonl --concat-turns --batch-size 80 \
+        --questions HuggingFaceH4/mt_bench_prompts                                  # the original study's
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,14 @@ def add_parser(subparsers, name: str) -> None:
                    help="FastChat's per-category temperatures (writing/roleplay 0.7, stem/humanities 0.1, others "
                         "greedy)")
     p.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype the model is loaded in (the study generated in float32)")
+    p.add_argument("--concat-turns", action="store_true",
+                   help="the original DyT study's protocol: no chat template, both questions in one prompt (the "
+                        "tokenizer's text pair q1+q2), one answer per question; use --batch-size 80 "
+                        "--max-new-tokens 1024 for its single batched generate. dytune's default differs because "
+                        "MT-bench asks turn 2 after the model's own turn-1 answer: one answer to two concatenated "
+                        "questions measures neither turn. Judge such files with `dytune judge --single-order`")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: where the model loads)")
     p.add_argument("--chat-template", default=None, help="a Jinja chat template file, for tokenizers without one")
     p.add_argument("--threads", type=int, default=None,
@@ -49,7 +61,7 @@ def run(args) -> int:
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, category_temperatures=args.fastchat_temperatures,
-        batch_size=args.batch_size, dtype=args.dtype)
+        batch_size=args.batch_size, dtype=args.dtype, concat_turns=args.concat_turns)
     report = answer_questions(args.model, args.out, questions_path=args.questions, model_id=args.model_id,
                               settings=settings, device=args.device, chat_template=args.chat_template,
                               limit=args.limit)

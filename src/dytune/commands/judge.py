@@ -26,6 +26,12 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tie-margin", type=float, default=0.0,
                    help="a margin within +-this is a tie (PairRM logits, reward differences, grade differences)")
+    p.add_argument("--single-order", action="store_true",
+                   help="the original DyT study's PairRM protocol (TRL's PairRMJudge): turn 1 only, one forced "
+                        "verdict per question from PairRM's logits averaged over both orders, no ties. dytune's "
+                        "default differs: it judges both turns and counts a verdict that flips with the order as a "
+                        "tie, since it is position bias, not preference. Needed for `dytune answer --concat-turns` "
+                        "files")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(func=run)
@@ -42,7 +48,8 @@ def run(args) -> int:
         out = a.parent / f"judgment_{a.stem}_vs_{b.stem}"
     judge = make_judge(args.judge, device=args.device, batch_size=args.batch_size)
     result = judge_answers(args.answers_a, args.answers_b, judge=judge, questions_path=args.questions,
-                           out_prefix=out, n_boot=args.bootstrap, seed=args.seed, tie_margin=args.tie_margin)
+                           out_prefix=out, n_boot=args.bootstrap, seed=args.seed, tie_margin=args.tie_margin,
+                           single_order=args.single_order)
     print(result["markdown"])
     print("wrote " + ", ".join(result["files"]))
     return 0

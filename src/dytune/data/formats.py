@@ -10,6 +10,13 @@ Formats (auto-detected from the fields of the first 200 records, majority wins; 
   prompt_completion  {prompt, completion}, each a string or a list of messages (TRL's format)
   text               {text}: a plain document, stored as a single assistant message (see tokenize.py:
                      rendered as raw text + EOS, every token trained)
+  multiple_choice    {question, choices, answer} (MMLU; also nested under `train`, as in cais/mmlu's
+                     auxiliary_train): user = question, assistant = choices[answer] (answer: 0-based index or
+                     a letter). `mmlu_answer_bug=True` takes choices[answer - 1] instead, as the original DyT
+                     study's RE-WILD rebuild did (every answer then wrong; kept only to reproduce it).
+
+`turns="first"` keeps only the first user turn and the first assistant turn (in that order; system and every
+later turn dropped), each the first of its role with text: the original study's ShareGPT and RE-WILD rows.
 
 Roles (case-insensitive): human, user, prompter -> user; gpt, assistant, chatgpt, bing, bard, bot, model,
 claude, gpt-4 -> assistant; system -> system. Anything else drops the record (`unknown_role`) unless
@@ -37,10 +44,12 @@ from typing import Any
 from dytune.data.clean import clean_text
 from dytune.errors import DytuneError
 
-FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text")
+FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "multiple_choice")
+TURNS = ("all", "first")
 FORMAT_ALIASES = {"openai": "messages", "chatml": "messages", "conversation": "messages", "rewild": "messages",
                   "wildchat": "messages", "prompt-completion": "prompt_completion", "completion": "prompt_completion",
-                  "plain": "text", "raw": "text"}
+                  "plain": "text", "raw": "text",
+                  "mmlu": "multiple_choice", "multiple-choice": "multiple_choice", "mcq": "multiple_choice"}
 
 DEFAULT_ROLES: dict[str, str] = {
     **dict.fromkeys(("human", "user", "prompter", "question"), "user"),
@@ -62,6 +71,9 @@ _CANDIDATES: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt",),
     "completion": ("completion",),
     "text": ("text",),
+    "question": ("question",),
+    "choices": ("choices",),
+    "answer": ("answer",),
     "id": ("id", "conversation_id", "conversation_hash", "question_id", "uuid", "idx"),
 }
 # names other tools use for the same fields (LLaMA-Factory dataset_info.json `columns`/`tags`, axolotl)
@@ -170,6 +182,17 @@ def record_format(record: Mapping, fields: Mapping[str, str]) -> str | None:
         return "prompt_completion"
     if _get(record, fields, "text", None) is not None:
         return "text"
+    if _multiple_choice_record(record, fields) is not None:
+        return "multiple_choice"
+    return None
+
+
+def _multiple_choice_record(record: Mapping, fields: Mapping[str, str]) -> Mapping | None:
+    """The {question, choices, answer} mapping of an MMLU row (flat, or nested under `train`), or None."""
+    for candidate in (record, record.get("train")):
+        if isinstance(candidate, Mapping) and all(_get(candidate, fields, k, None) is not None
+                                                  for k in ("question", "choices", "answer")):
+            return candidate
     return None
 
 
@@ -188,7 +211,8 @@ def detect_format(records: Iterable[Any], fields: Mapping[str, str], source: str
         raise DytuneError(
             f"cannot tell the data format of {source}: its records have the fields [{seen}]. Expected alpaca "
             "(instruction, input, output), sharegpt (conversations of {from, value}), messages (messages or "
-            "conversation of {role, content}), prompt_completion (prompt, completion) or text (text). Pass "
+            "conversation of {role, content}), prompt_completion (prompt, completion), text (text) or "
+            "multiple_choice (question, choices, answer). Pass "
             "format= and field_map= (e.g. --format alpaca --field-map instruction=question,output=answer)")
     return votes.most_common(1)[0][0]
 
@@ -258,7 +282,7 @@ def _required_text(record: Mapping, fields: Mapping[str, str], name: str) -> str
 
 
 def record_turns(record: Any, fmt: str, fields: Mapping[str, str], roles: Mapping[str, str | None],
-                 fixes: Counter) -> list[tuple[str, str]]:
+                 fixes: Counter, mmlu_answer_bug: bool = False) -> list[tuple[str, str]]:
     """The raw (role, text) turns of a record in format `fmt`; raises Drop."""
     if not isinstance(record, Mapping):
         raise Drop("not_an_object", type(record).__name__)
@@ -282,7 +306,8 @@ def record_turns(record: Any, fmt: str, fields: Mapping[str, str], roles: Mappin
             raise Drop("wrong_type", "history is not a list of [user, assistant] pairs")
         for q, a in history:
             turns += [("user", _text(q, "history")), ("assistant", _text(a, "history"))]
-        prompt = instruction + ("\n\n" + extra.strip() if extra and extra.strip() else "")
+        # the study's (and Alpaca's) rule: instruction.strip() + "\n\n" + input.strip(), input only when non-empty
+        prompt = instruction.strip() + ("\n\n" + extra.strip() if extra and extra.strip() else "")
         return turns + [("user", prompt), ("assistant", output)]
     if fmt == "prompt_completion":
         turns = []
@@ -297,7 +322,36 @@ def record_turns(record: Any, fmt: str, fields: Mapping[str, str], roles: Mappin
         return turns
     if fmt == "text":
         return [("text", _required_text(record, fields, "text"))]
+    if fmt == "multiple_choice":
+        return _multiple_choice_turns(record, fields, mmlu_answer_bug)
     raise ValueError(fmt)
+
+
+def _multiple_choice_turns(record: Mapping, fields: Mapping[str, str], answer_bug: bool) -> list[tuple[str, str]]:
+    row = _multiple_choice_record(record, fields)
+    if row is None:
+        raise Drop("missing_field", "no question/choices/answer fields (flat or under 'train')")
+    question = _required_text(row, fields, "question")
+    choices, answer = _get(row, fields, "choices"), _get(row, fields, "answer")
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+        raise Drop("wrong_type", "choices is not a non-empty list of strings")
+    if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha():
+        answer = ord(answer.strip().upper()) - ord("A")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise Drop("wrong_type", f"answer {answer!r} is not an index into {len(choices)} choices")
+    # the study's bug: a 0-based index minus one (Python wraps answer 0 to the last choice)
+    return [("user", question), ("assistant", choices[answer - 1] if answer_bug else choices[answer])]
+
+
+def first_exchange(turns: list[tuple[str, str]], fixes: Counter) -> list[tuple[str, str]]:
+    """`turns="first"`: the first user turn and the first assistant turn with text, user first; the rest dropped."""
+    picked = []
+    for role in ("user", "assistant"):
+        found = next((t for t in turns if t[0] == role and t[1].strip()), None)
+        if found is not None:
+            picked.append(found)
+    fixes["first_turns_only_dropped"] += len(turns) - len(picked)
+    return picked
 
 
 # -- normalisation --------------------------------------------------------------------------------------------

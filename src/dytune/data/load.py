@@ -6,7 +6,21 @@ them (recursive; a `save_to_disk` folder loads with `datasets.load_from_disk`), 
 pass a list, and give any of them a weight with `path:weight`.
 
 A weight multiplies a source's conversations: 2 repeats each one twice (copies get ids `<id>#1`), 0.5
-keeps a seeded random half. `max_samples` then draws a seeded random subset of the mix, kept in source order.
+keeps a seeded random half.
+
+A source in a list may also be a mapping with settings of its own (a data mix whose parts differ), e.g. the
+original DyT study's RE-WILD rebuild (configs/study/):
+
+    - {source: nyu-dice-lab/allenai_WildChat-1M-Full-Qwen_Qwen2.5-72B-Instruct, turns: first,
+       shuffle_seed: 42, take: 200000}
+    - {source: cais/mmlu, name: auxiliary_train, format: multiple_choice}
+    - {source: allenai/tulu-3-sft-personas-algebra, turns: first}
+
+Keys: `source` (required), `weight`, `format`, `field_map`, `role_map`, `clean`, `turns`, `mmlu_answer_bug`
+(see formats.py), `split`, `revision`, `data_files`, `name` (the Hub dataset's configuration), and the row
+selection `shuffle_seed` / `skip` / `take`: the source's rows are shuffled as `datasets.Dataset.shuffle(seed=)`
+does (local files with the same NumPy permutation), then rows [skip, skip + take) are kept, before any record
+is normalised, so the same seed picks the same rows as a `datasets` pipeline would. `max_samples` then draws a seeded random subset of the mix, kept in source order.
 With `streaming=True` reading stops once `max_samples` conversations are kept from a source (a Hub stream is
 first shuffled with a 10,000-record buffer, so the draw is approximately random; local files give their first
 ones).
@@ -23,12 +37,12 @@ import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dytune.data.formats import (Drop, canonical_format, detect_format, normalise_turns, record_id,
-                                 record_turns, resolve_fields, resolve_roles)
+from dytune.data.formats import (TURNS, Drop, canonical_format, detect_format, first_exchange, normalise_turns,
+                                 record_id, record_turns, resolve_fields, resolve_roles)
 from dytune.data.readers import SUPPORTED_SUFFIXES, Bad, iter_file, iter_rows, suffix_of
 from dytune.data.report import DataReport, SourceReport
 from dytune.errors import DytuneError
@@ -48,6 +62,60 @@ class _Source:
     paths: list[Path]
 
 
+# settings a source mapping may carry (see the module docstring)
+SOURCE_KEYS = ("source", "weight", "format", "field_map", "role_map", "clean", "turns", "mmlu_answer_bug", "split",
+               "revision", "data_files", "name", "shuffle_seed", "skip", "take")
+
+
+@dataclass
+class SourceItem:
+    """One entry of a source list: where, its weight, and its own settings (empty for a plain string)."""
+
+    spec: str
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def selects(self) -> bool:
+        return any(self.options.get(k) is not None for k in ("shuffle_seed", "skip", "take"))
+
+
+def _source_mapping(item: Mapping[str, Any]) -> SourceItem:
+    unknown = sorted(set(item) - set(SOURCE_KEYS))
+    if unknown:
+        raise DytuneError(f"unknown setting(s) {unknown} in data source {dict(item)!r}: a source mapping takes "
+                          f"{', '.join(SOURCE_KEYS)}")
+    if not item.get("source"):
+        raise DytuneError(f"data source mapping {dict(item)!r} has no `source:` (a file, folder, glob or Hub id)")
+    options = {k: v for k, v in item.items() if k not in ("source", "weight")}
+    if options.get("turns", "all") not in TURNS:
+        raise DytuneError(f"turns must be one of {', '.join(TURNS)}, got {options['turns']!r}")
+    for key in ("skip", "take"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (key == "take")):
+            raise DytuneError(f"{key} of {item['source']!r} must be a whole number"
+                              + (" of at least 1" if key == "take" else " >= 0") + f", got {value!r}")
+    weight = float(item.get("weight", 1.0))
+    if not (weight > 0 and math.isfinite(weight)):
+        raise DytuneError(f"weight of {item['source']!r} is {weight}: a weight must be a positive number")
+    return SourceItem(str(item["source"]), weight, options)
+
+
+def parse_source_items(source: str | Path | Sequence[Any]) -> list[SourceItem]:
+    """Every entry of a source (a string, `path:weight`, `(path, weight)` or a mapping) as a `SourceItem`."""
+    items = [source] if isinstance(source, (str, Path, Mapping)) else list(source)
+    if not items:
+        raise DytuneError("no data source given: pass a file, folder, glob or Hub dataset id")
+    out = []
+    for item in items:
+        if isinstance(item, Mapping):
+            out.append(_source_mapping(item))
+        else:
+            spec, weight = parse_sources([item])[0]
+            out.append(SourceItem(spec, weight))
+    return out
+
+
 def parse_sources(source: str | Path | Sequence[Any]) -> list[tuple[str, float]]:
     """`"a.json"`, `["a.json:2", "b.jsonl"]` or `[("a.json", 2.0), ...]` -> [(spec, weight)]."""
     items = [source] if isinstance(source, (str, Path)) else list(source)
@@ -55,6 +123,10 @@ def parse_sources(source: str | Path | Sequence[Any]) -> list[tuple[str, float]]
         raise DytuneError("no data source given: pass a file, folder, glob or Hub dataset id")
     out = []
     for item in items:
+        if isinstance(item, Mapping):
+            mapped = _source_mapping(item)
+            out.append((mapped.spec, mapped.weight))
+            continue
         if isinstance(item, (tuple, list)) and len(item) == 2:
             spec, weight = str(item[0]), float(item[1])
         else:
@@ -166,10 +238,55 @@ def load_hub_dataset(repo: str, *, split: str = "train", revision: str | None = 
         raise
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """Rows [skip, skip + take) of a source, after an optional seeded shuffle (see the module docstring)."""
+
+    shuffle_seed: int | None = None
+    skip: int = 0
+    take: int | None = None
+
+    def describe(self) -> str:
+        rows = f"rows {self.skip:,} to {self.skip + self.take:,}" if self.take is not None else f"rows from {self.skip:,}"
+        return (f"shuffled with seed {self.shuffle_seed}, " if self.shuffle_seed is not None else "") + f"kept {rows}"
+
+    def window(self, n: int) -> range:
+        end = n if self.take is None else min(n, self.skip + self.take)
+        return range(min(self.skip, n), end)
+
+    def apply_dataset(self, ds: Any) -> Any:
+        """A `datasets.Dataset` (or a streamed `IterableDataset`) cut to the selection."""
+        if not hasattr(ds, "num_rows"):  # streaming: shuffling needs a buffer, skip/take are lazy
+            if self.shuffle_seed is not None:
+                ds = ds.shuffle(seed=self.shuffle_seed, buffer_size=10_000)
+            ds = ds.skip(self.skip) if self.skip else ds
+            return ds.take(self.take) if self.take is not None else ds
+        if self.shuffle_seed is not None:
+            ds = ds.shuffle(seed=self.shuffle_seed)
+        return ds.select(self.window(ds.num_rows))
+
+    def apply_records(self, records: Iterator[Any]) -> Iterator[Any]:
+        """The same selection over local records (unreadable ones included, so positions stay those of the file)."""
+        if self.shuffle_seed is None:
+            return itertools.islice(records, self.skip, None if self.take is None else self.skip + self.take)
+        import numpy as np
+
+        rows = list(records)
+        order = np.random.default_rng(self.shuffle_seed).permutation(len(rows))  # as datasets' shuffle(seed=)
+        kept = self.window(len(rows))
+        return (rows[i] for i in order[kept.start:kept.stop])
+
+
 def _source_records(src: _Source, split: str, revision: str | None, data_files: Any, streaming: bool,
-                    seed: int, load_kwargs: Mapping[str, Any]) -> Iterator[tuple[str, str, Iterator[Any]]]:
-    """(label, id_prefix, records) for each unit of a source: each file, or the whole Hub/disk dataset."""
+                    seed: int, load_kwargs: Mapping[str, Any], selection: _Selection | None = None
+                    ) -> Iterator[tuple[str, str, Iterator[Any]]]:
+    """(label, id_prefix, records) for each unit of a source: each file, or the whole Hub/disk dataset (a
+    selection makes one unit of all of a source's files, as it applies to the source as a whole)."""
     if src.kind == "files":
+        if selection is not None:
+            chained = itertools.chain.from_iterable(_file_records(p) for p in src.paths)
+            yield src.spec, src.paths[0].name.split(".")[0], selection.apply_records(chained)
+            return
         for path in src.paths:
             yield str(path), path.name.split(".")[0], _file_records(path)
         return
@@ -181,11 +298,13 @@ def _source_records(src: _Source, split: str, revision: str | None, data_files: 
             if split not in ds:
                 raise DytuneError(f"{src.spec} has splits {list(ds)}, not {split!r}: choose one with split=")
             ds = ds[split]
-        yield src.spec, src.paths[0].name, iter_rows(ds)
+        yield src.spec, src.paths[0].name, iter_rows(selection.apply_dataset(ds) if selection else ds)
         return
     ds = load_hub_dataset(src.spec, split=split, revision=revision, data_files=data_files, streaming=streaming,
                           **load_kwargs)
-    if streaming and hasattr(ds, "shuffle"):
+    if selection is not None:
+        ds = selection.apply_dataset(ds)
+    elif streaming and hasattr(ds, "shuffle"):
         ds = ds.shuffle(seed=seed, buffer_size=10_000)
     total = getattr(ds, "num_rows", None)
 
@@ -237,7 +356,8 @@ class _Collector:
 
 
 def _read_unit(records: Iterator[Any], label: str, id_prefix: str, fmt: str | None, fields: dict,
-               roles: dict, clean: bool, rep: SourceReport, out: _Collector, limit: int | None) -> str | None:
+               roles: dict, clean: bool, rep: SourceReport, out: _Collector, limit: int | None,
+               turns: str = "all", mmlu_answer_bug: bool = False) -> str | None:
     """Normalise one file's (or dataset's) records into `out`; returns the format used."""
     pending: list[Any] = []
     if fmt is None:  # detect from the first DETECT_RECORDS readable records
@@ -257,8 +377,10 @@ def _read_unit(records: Iterator[Any], label: str, id_prefix: str, fmt: str | No
             rep.drop(record.reason, name, record.detail)
             continue
         try:
-            turns = record_turns(record, fmt, fields, roles, rep.fixes)
-            messages = normalise_turns(turns, rep.fixes, clean)
+            raw = record_turns(record, fmt, fields, roles, rep.fixes, mmlu_answer_bug)
+            if turns == "first" and fmt != "text":
+                raw = first_exchange(raw, rep.fixes)
+            messages = normalise_turns(raw, rep.fixes, clean)
         except Drop as drop:
             rep.drop(drop.reason, where, drop.detail)
             continue
@@ -293,6 +415,8 @@ def load_conversations(
     streaming: bool = False,
     data_files: Any = None,
     load_kwargs: Mapping[str, Any] | None = None,
+    turns: str = "all",
+    mmlu_answer_bug: bool = False,
 ):
     """Load, validate and normalise conversations from one or more sources (see the module docstring).
 
@@ -301,7 +425,9 @@ def load_conversations(
     dropped (by reason, per source). Bad records never stop the load; a source with no usable record raises
     `DytuneError` with the reasons.
 
-    format: alpaca | sharegpt | messages | prompt_completion | text (default: detected per file).
+    format: alpaca | sharegpt | messages | prompt_completion | text | multiple_choice (default: detected per file).
+    turns: all | first (only the first user and assistant turn). mmlu_answer_bug: see formats.py.
+    A source mapping's own settings (module docstring) override these for that source.
     field_map / role_map: column and speaker names (see formats.py; LLaMA-Factory and axolotl spellings work).
     clean: ShareGPT cleaning (clean.py). split / revision / data_files / streaming / load_kwargs: for Hub ids,
     passed to `datasets.load_dataset` (load_kwargs e.g. {"name": "config", "token": ...}).
@@ -309,25 +435,36 @@ def load_conversations(
     import datasets
     from datasets.table import InMemoryTable
 
-    fmt = canonical_format(format)
-    fields, tag_roles = resolve_fields(field_map)
-    roles = resolve_roles(role_map, tag_roles)
+    if turns not in TURNS:
+        raise DytuneError(f"turns must be one of {', '.join(TURNS)}, got {turns!r}")
     if max_samples is not None and max_samples <= 0:
         raise DytuneError(f"max_samples must be positive, got {max_samples}")
+    defaults = dict(format=format, field_map=field_map, role_map=role_map, clean=clean, turns=turns,
+                    mmlu_answer_bug=mmlu_answer_bug, split=split, revision=revision, data_files=data_files)
     report = DataReport()
     tables = []
-    for spec, weight in parse_sources(source):
+    for item in parse_source_items(source):
+        o = {**defaults, **item.options}
+        fmt = canonical_format(o["format"])
+        fields, tag_roles = resolve_fields(o["field_map"])
+        roles = resolve_roles(o["role_map"], tag_roles)
+        kwargs = {**(load_kwargs or {}), **({"name": o["name"]} if o.get("name") else {})}
+        selection = _Selection(o.get("shuffle_seed"), o.get("skip") or 0, o.get("take")) if item.selects else None
+        spec, weight = item.spec, item.weight
         src = resolve_source(spec, weight)
         rep = SourceReport(source=spec, weight=weight)
         report.sources.append(rep)
+        if selection is not None:
+            report.note(f"{spec}: {selection.describe()}")
         out = _Collector()
         used = []
         limit = max_samples if streaming else None
-        for label, prefix, records in _source_records(src, split, revision, data_files, streaming, seed,
-                                                      load_kwargs or {}):
+        for label, prefix, records in _source_records(src, o["split"], o["revision"], o["data_files"], streaming,
+                                                      seed, kwargs, selection):
             rep.files += 1
-            used.append(_read_unit(records, label, prefix, fmt, fields, roles, clean, rep, out,
-                                   None if limit is None else limit - rep.kept) or "?")
+            used.append(_read_unit(records, label, prefix, fmt, fields, roles, o["clean"], rep, out,
+                                   None if limit is None else limit - rep.kept, o["turns"],
+                                   o["mmlu_answer_bug"]) or "?")
             if limit is not None and rep.kept >= limit:
                 break
         rep.format = "+".join(dict.fromkeys(used)) or "?"

@@ -13,20 +13,25 @@ from dytune.errors import DytuneError
 class DataSpec:
     """Where the data comes from and how it becomes training examples.
 
-    `source`/`val_source`: a path, glob, folder or Hub id, `path:weight`, or a list of them. Without
-    `val_source`, `val_fraction` of the conversations (whole ShareGPT chats, never chunks of one on both
-    sides) is held out. The other fields are the arguments of `load_conversations` and
-    `tokenize_conversations` of the same names.
+    `source`/`val_source`: a path, glob, folder or Hub id, `path:weight`, or a list of them; a list entry may
+    be a mapping with settings of its own (a data mix: see `dytune.data.load`). Without `val_source`,
+    `val_fraction` of the conversations (whole ShareGPT chats, never chunks of one on both sides) is held out.
+    The other fields are the arguments of `load_conversations` and `tokenize_conversations` of the same names
+    (`turns: first` keeps the first user and assistant turn; `mask_eos` takes EOS out of the loss). The
+    chat template used is stored in the tokenizer that `prepare` tokenizes with, so a model saved with that
+    tokenizer is prompted the way it was trained.
     """
 
-    source: str | list = ""
+    source: str | list | dict = ""
     format: str | None = None
     max_samples: int | None = None
     val_fraction: float = 0.05
-    val_source: str | list | None = None
+    val_source: str | list | dict | None = None
     max_length: int = 1024
     train_on: str = "assistant"
     chat_template: str | None = None
+    mask_eos: bool = False
+    turns: str = "all"
     clean: bool = False
     seed: int = 0
     field_map: dict[str, Any] | None = None
@@ -41,6 +46,10 @@ class DataSpec:
     extra: dict[str, Any] = field(default_factory=dict)  # passed to load_conversations (data_files, ...)
 
     def __post_init__(self) -> None:
+        from dytune.data.formats import TURNS
+
+        if self.turns not in TURNS:
+            raise DytuneError(f"data.turns must be one of {', '.join(TURNS)}, got {self.turns!r}")
         if self.train_on not in ("assistant", "all"):
             raise DytuneError(f"data.train_on must be 'assistant' or 'all', got {self.train_on!r}")
         if not 0 <= self.val_fraction < 1:
@@ -64,7 +73,8 @@ class DataSpec:
 
     def _load_kwargs(self, split: str) -> dict[str, Any]:
         return dict(format=self.format, seed=self.seed, field_map=self.field_map, role_map=self.role_map,
-                    clean=self.clean, split=split, revision=self.revision, streaming=self.streaming, **self.extra)
+                    clean=self.clean, split=split, revision=self.revision, streaming=self.streaming,
+                    turns=self.turns, **self.extra)
 
     def load(self):
         """`(conversations, report)` for `source` (max_samples applied)."""
@@ -100,12 +110,16 @@ class DataSpec:
 
     def prepare(self, tokenizer: Any):
         """`(train_tokens, val_tokens, report)`: load, split and tokenize, ready for a trainer."""
+        from dytune.data.templates import resolve_template
         from dytune.data.tokenize import tokenize_conversations
 
         train, val, report = self.load_splits()
         kwargs = dict(max_length=self.max_length, train_on=self.train_on, chat_template=self.chat_template,
                       packing=self.packing, num_proc=self.num_proc, report=report,
-                      cache_dir=Path(self.cache_dir) if self.cache_dir else None)
+                      cache_dir=Path(self.cache_dir) if self.cache_dir else None, mask_eos=self.mask_eos)
         train_tok = tokenize_conversations(train, tokenizer, **kwargs)
         val_tok = tokenize_conversations(val, tokenizer, **kwargs) if len(val) else None
+        template, origin = resolve_template(tokenizer, self.chat_template)
+        if origin != "tokenizer":  # saved with the model: `dytune answer` then renders prompts as training did
+            tokenizer.chat_template = template
         return train_tok, val_tok, report

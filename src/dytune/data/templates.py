@@ -1,7 +1,8 @@
 """Which chat template renders a conversation, and what it needs from the tokenizer.
 
-Order of choice: a user template (`chat_template=` a file path or a Jinja string, or "default"), else the
-tokenizer's own template, else `DEFAULT_CHAT_TEMPLATE` for base models without one (GPT-2, Pythia):
+Order of choice: a user template (`chat_template=` a file path, a Jinja string, or a name of
+`NAMED_TEMPLATES`), else the tokenizer's own template, else `DEFAULT_CHAT_TEMPLATE` for base models without
+one (GPT-2, Pythia):
 
     ### System:\\n{system}\\n\\n            (only when there is a system message)
     ### User:\\n{user}\\n\\n
@@ -14,6 +15,14 @@ A template that writes special-token-looking literals the tokenizer lacks (ChatM
 gets them added as special tokens; the caller must then resize the model's embeddings
 (`resize_embeddings(model, tokenizer)`) and train the input embeddings and the LM head, since the new rows
 start untrained (with LoRA: `modules_to_save=["embed_tokens", "lm_head"]` or the model's equivalents).
+
+Named templates (`chat_template: NAME`), the plain texts of the original DyT study (configs/study/):
+  concat             `{user}\n\n{assistant}<EOS>`: the study's LoRA notebooks (`instruction [+ "\n\n" +
+                     input] + "\n\n" + output`). They put the loss on every token (`train_on: all`) and padded
+                     with EOS, so the collator masked EOS (`mask_eos: true`): the model never learnt to stop.
+  prompt-completion  `{user}{assistant}<EOS>`, no separator: TRL's SFTTrainer on prompt/completion columns (the
+                     study's Pythia runs), loss on the completion and its EOS (`train_on: assistant`).
+Several turns are joined the same way (each answer followed by EOS), a system message comes first.
 """
 
 from __future__ import annotations
@@ -33,6 +42,23 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
 )
+def _plain_template(separator: str) -> str:
+    sep = separator.replace("\n", "\\n")
+    return (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+        f"{{% if not loop.last %}}{{{{ '{sep}' }}}}{{% endif %}}"
+        f"{{% else %}}{{{{ message['content'] + '{sep}' }}}}{{% endif %}}"
+        "{% endfor %}"
+    )
+
+
+NAMED_TEMPLATES: dict[str, str] = {
+    "default": DEFAULT_CHAT_TEMPLATE,
+    "concat": _plain_template("\n\n"),
+    "prompt-completion": _plain_template(""),
+}
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 # literals that look like control tokens: <|im_start|>, <|eot_id|>, <start_of_turn>, <end_of_turn>
 _CONTROL = re.compile(r"<\|[A-Za-z0-9_.:-]+\|>|<(?:start|end)_of_turn>")
@@ -43,18 +69,21 @@ def has_generation_markers(template: str) -> bool:
 
 
 def resolve_template(tokenizer: Any, chat_template: str | Path | None = None) -> tuple[str, str]:
-    """(template, origin) with origin one of "user", "tokenizer", "default"."""
+    """(template, origin) with origin one of "user", "tokenizer", "default" or another `NAMED_TEMPLATES` name."""
     if chat_template is not None:
         text = str(chat_template)
         if text == "default":
             return DEFAULT_CHAT_TEMPLATE, "default"
+        if text in NAMED_TEMPLATES:
+            return NAMED_TEMPLATES[text], text
         if "{{" in text or "{%" in text:
             return text, "user"
         path = Path(text).expanduser()
         if path.is_file():
             return path.read_text(encoding="utf-8"), "user"
         raise DytuneError(f"chat_template {text!r} is neither a file nor a Jinja template (expected a path to a "
-                          "`.jinja` file, a string with {{ ... }} / {% ... %}, or 'default')")
+                          "`.jinja` file, a string with {{ ... }} / {% ... %}, or one of "
+                          f"{', '.join(NAMED_TEMPLATES)})")
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, dict):
         own = own.get("default") or next(iter(own.values()), None)

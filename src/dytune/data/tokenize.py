@@ -13,7 +13,9 @@ assistant spans are found in characters of the rendered text, then mapped to the
     the turn's text in the rendering. A template that ignores `add_generation_prompt` gets its span started
     at the turn's text, so the role header is not trained.
 With `train_on="all"` every token is trained. A `text`-format document (one assistant message, no user) is
-tokenized as raw text + EOS, every token trained.
+tokenized as raw text + EOS, every token trained. `mask_eos=True` then takes every EOS token out of the loss,
+as a collator that pads with EOS (`pad_token = eos_token`, the original DyT study's set-up) does: the model is
+never taught to stop.
 
 Truncation keeps the first `max_length` tokens; an example left with no trainable token is dropped and
 counted (`no_trainable_tokens`), as is one the template refuses (`template_error`). Texts far longer than
@@ -158,6 +160,7 @@ class _Encoder:
     max_length: int
     train_on: str
     eos: str
+    mask_id: int | None  # mask_eos: this token id (EOS) is never a label
     boundary: re.Pattern | None  # special tokens, which split the text before BPE
     cut_ok: bool  # the tokenizer adds nothing at the end of a sequence, so prefix tokenization is exact
 
@@ -221,6 +224,8 @@ class _Encoder:
                             continue
                         a, b = r[0], min(r[1], len(ids))
                         labels[a:b] = ids[a:b]
+                if self.mask_id is not None:
+                    labels = [-100 if t == self.mask_id else label for t, label in zip(ids, labels)]
                 out["input_ids"][i], out["labels"][i] = ids, labels
                 out["_truncated"][i] = cut or total > self.max_length
                 if all(label == -100 for label in labels):
@@ -286,11 +291,13 @@ def tokenize_conversations(
     num_proc: int = 1,
     cache_dir: str | Path | None | Literal[False] = None,
     report: DataReport | None = None,
+    mask_eos: bool = False,
 ):
     """Tokenize a conversations dataset (from `load_conversations`) for causal-LM training.
 
     Returns a `datasets.Dataset` with `input_ids`, `attention_mask` and `labels` (-100 = no loss), plus
-    `seq_lengths` and `position_ids` when packing. See the module docstring for the label rules.
+    `seq_lengths` and `position_ids` when packing. See the module docstring for the label rules (and
+    `mask_eos`).
     `tokenizer` gains special tokens when the template needs some (see `templates.py`)."""
     import datasets
 
@@ -314,8 +321,12 @@ def tokenize_conversations(
     if train_on == "assistant":
         notes.append("labels: assistant turns from the template's {% generation %} markers" if markers else
                      "labels: assistant turns found by prefix rendering (template has no {% generation %} markers)")
+    if mask_eos and tokenizer.eos_token_id is None:
+        raise DytuneError("mask_eos needs a tokenizer with an EOS token")
+    if mask_eos:
+        notes.append("labels: every EOS token masked (mask_eos, as a collator padding with EOS does)")
     key = hashlib.sha256(json.dumps([CACHE_VERSION, content_fingerprint(convs), tokenizer_fingerprint(tokenizer),
-                                     template, max_length, train_on, packing]).encode()).hexdigest()[:24]
+                                     template, max_length, train_on, packing, mask_eos]).encode()).hexdigest()[:24]
     target = None
     if cache_dir is not False:
         target = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "tokenized" / key
@@ -329,7 +340,8 @@ def tokenize_conversations(
 
     special = {k: v for k, v in tokenizer.special_tokens_map.items()}
     encoder = _Encoder(tokenizer=tokenizer, renderer=_Renderer(template, special, markers), max_length=max_length,
-                       train_on=train_on, eos=tokenizer.eos_token or "", boundary=_special_boundary(tokenizer),
+                       train_on=train_on, eos=tokenizer.eos_token or "",
+                       mask_id=tokenizer.eos_token_id if mask_eos else None, boundary=_special_boundary(tokenizer),
                        cut_ok=not _adds_suffix_tokens(tokenizer))
     mapped = convs.map(encoder, batched=True, batch_size=256, remove_columns=convs.column_names,
                        num_proc=num_proc if num_proc and num_proc > 1 else None, desc="tokenizing")

