@@ -5,12 +5,168 @@
 Zhu, Chen, He, LeCun, Liu, "Transformers without Normalization", CVPR 2025 (arXiv:2503.10622).
 `weight` (gamma) and `bias` (beta) keep the names the replaced norm used, so the norm's learned scale and
 shift map onto them one to one. DyT is elementwise: unlike a norm it computes no per-token statistic.
+
+Two ways to compute it, chosen per call (`set_kernel`, or the environment variable `DYTUNE_DYT_KERNEL`):
+
+* `reference`: the formula in PyTorch ops (a float32 temporary per op).
+* `fused`: one pass over the input, forward and backward, as the custom ops `dytune::dyt_forward` /
+  `dytune::dyt_backward`. Their bodies are `torch.compile`d into one vectorised C++ loop each, with tanh
+  as Eigen's [9/8] rational (`rational_tanh`: at most 3.5e-7 relative error against float64 tanh, 3.6e-7
+  against `torch.tanh`, measured on every float32; docs/speed.md). Float64 inputs use `torch.tanh`. The
+  backward recomputes tanh from the saved input instead of keeping a float32 copy of the activation.
+* `auto` (default): `fused` for CPU inputs of at least `FUSED_MIN_ELEMENTS` elements, `reference`
+  otherwise (a decode step's few hundred elements cost less than the compiled kernel's call overhead; CUDA
+  stays on `reference` until `benchmarks/gpu_check.sh` has measured it).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+KERNELS = ("auto", "fused", "reference")
+FUSED_MIN_ELEMENTS = 8192  # below this the compiled kernel's ~20 us call overhead outweighs its saving
+_kernel = os.environ.get("DYTUNE_DYT_KERNEL", "auto")
+if _kernel not in KERNELS:
+    raise ValueError(f"DYTUNE_DYT_KERNEL={_kernel!r}: expected one of {', '.join(KERNELS)}")
+
+
+def set_kernel(name: str) -> str:
+    """Choose how DyT is computed from now on (`auto`, `fused`, `reference`); returns the previous choice."""
+    global _kernel
+    if name not in KERNELS:
+        raise ValueError(f"unknown DyT kernel {name!r}: expected one of {', '.join(KERNELS)}")
+    previous, _kernel = _kernel, name
+    return previous
+
+
+def get_kernel() -> str:
+    return _kernel
+
+
+def rational_tanh(x: Tensor) -> Tensor:
+    """tanh as Eigen's float32 [9/8] rational (`ptanh_float`, Eigen/src/Core/arch/Default/
+    GenericPacketMathFunctions.h, coefficients from rminimax). The clamp is Eigen's FMA one, where the
+    compiled kernel (multiply-adds fused) reaches exactly 1; evaluated op by op it stays just below 1.
+    NaN stays NaN, +-inf gives +-1, subnormals pass through as x."""
+    x = x.clamp(-8.01773357391357422, 8.01773357391357422)
+    x2 = x * x
+    p = x2 * 1.394553628e-8 + 2.102733560e-5
+    p = p * x2 + 3.520756727e-3
+    p = p * x2 + 1.340216100e-1
+    p = (x2 * x) * p + x
+    q = x2 * 8.015776984e-7 + 3.326951409e-4
+    q = q * x2 + 2.597254514e-2
+    q = q * x2 + 4.673548340e-1
+    q = q * x2 + 1.0
+    return p / q
+
+
+def _tanh(a: Tensor) -> Tensor:
+    return torch.tanh(a) if a.dtype == torch.float64 else rational_tanh(a)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 inputs
+
+
+def _forward_2d(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x (N, C); alpha, weight, bias (C,)."""
+    cd = _compute_dtype(x)
+    return (_tanh(alpha.to(cd) * x.to(cd)) * weight.to(cd) + bias.to(cd)).to(x.dtype)
+
+
+def _backward_2d(grad: Tensor, x: Tensor, alpha: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """grad, x (N, C); alpha, weight (C,) -> dx (N, C) and per-channel dalpha, dweight, dbias (C,)."""
+    cd = _compute_dtype(x)
+    a, xf, g = alpha.to(cd), x.to(cd), grad.to(cd)
+    t = _tanh(a * xf)
+    g_dt = g * weight.to(cd) * (1 - t * t)  # dL/d(alpha x)
+    return (g_dt * a).to(x.dtype), (g_dt * xf).sum(0), (g * t).sum(0), g.sum(0)
+
+
+# FMA contraction (inductor's default is off) makes the rational's 13 multiply-adds 13 instructions, not 26.
+_COMPILE = dict(dynamic=True, fullgraph=True, options={"cpp.enable_floating_point_contract_flag": "fast"})
+_compiled: dict[str, object] = {}
+
+
+def _kernel_fn(name: str):  # noqa: ANN202
+    if name not in _compiled:  # compiled lazily: importing dytune must not start inductor
+        _compiled[name] = torch.compile({"forward": _forward_2d, "backward": _backward_2d}[name], **_COMPILE)
+    return _compiled[name]
+
+
+def _run_kernel(name: str, *tensors: Tensor):  # noqa: ANN202
+    # Grad mode and autocast are normalised so that each kernel compiles once per input dtype (dynamo
+    # recompiles on either, and stops at 8 variants); the custom op's autograd formula does the rest.
+    with torch.no_grad(), torch.autocast(tensors[0].device.type, enabled=False):
+        return _kernel_fn(name)(*(t.detach() for t in tensors))
+
+
+@torch.library.custom_op("dytune::dyt_forward", mutates_args=())
+def _dyt_forward(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    c = x.shape[-1]
+    bias = weight.new_zeros(c) if bias is None else bias
+    return _run_kernel("forward", x.reshape(-1, c), alpha.expand(c).contiguous(), weight, bias).reshape(x.shape)
+
+
+@_dyt_forward.register_fake
+def _(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("dytune::dyt_backward", mutates_args=())
+def _dyt_backward(grad: Tensor, x: Tensor, alpha: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    c = x.shape[-1]
+    dx, dalpha, dweight, dbias = _run_kernel("backward", grad.reshape(-1, c), x.reshape(-1, c),
+                                             alpha.expand(c).contiguous(), weight)
+    dalpha = dalpha if alpha.numel() == c else dalpha.sum().reshape(1)
+    return dx.reshape(x.shape), dalpha.to(alpha.dtype), dweight.to(weight.dtype), dbias.to(weight.dtype)
+
+
+@_dyt_backward.register_fake
+def _(grad: Tensor, x: Tensor, alpha: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(alpha), torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - torch.library's signature
+    x, alpha, weight, bias = inputs
+    ctx.save_for_backward(x, alpha, weight)  # x in its own dtype: no float32 copy of the activation
+    ctx.has_bias = bias is not None
+
+
+def _autograd_backward(ctx, grad: Tensor):  # noqa: ANN001, ANN202
+    x, alpha, weight = ctx.saved_tensors
+    dx, dalpha, dweight, dbias = _dyt_backward(grad.contiguous(), x, alpha, weight)
+    return dx, dalpha, dweight, dbias if ctx.has_bias else None
+
+
+_dyt_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def dyt_fused(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """weight * tanh(alpha * x) + bias in one pass (forward and backward); x of any shape (..., C)."""
+    return _dyt_forward(x, alpha, weight, bias)
+
+
+def dyt_reference(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The formula in plain PyTorch ops, evaluated in float32 (float64 for float64 inputs)."""
+    cd = _compute_dtype(x)
+    y = torch.tanh(alpha.to(cd) * x.to(cd)) * weight.to(cd)
+    if bias is not None:
+        y = y + bias.to(cd)
+    return y.to(x.dtype)
+
+
+def _use_fused(x: Tensor) -> bool:
+    if _kernel == "reference" or x.dim() == 0:
+        return False
+    if _kernel == "fused":
+        return True
+    return x.device.type == "cpu" and x.numel() >= FUSED_MIN_ELEMENTS
 
 
 class DyT(nn.Module):
@@ -59,10 +215,16 @@ class DyT(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tanh(self.alpha * x.float()) * self.weight
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype)
+        if _use_fused(x):
+            try:
+                return dyt_fused(x, self.alpha, self.weight, self.bias)
+            except Exception as err:  # noqa: BLE001 - e.g. no C++ compiler for inductor
+                if _kernel == "fused":
+                    raise
+                warnings.warn(f"dytune: the fused DyT kernel failed ({type(err).__name__}: {err}); using the "
+                              "reference formula from now on", stacklevel=2)
+                set_kernel("reference")
+        return dyt_reference(x, self.alpha, self.weight, self.bias)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
         # Casts such as `model.to(torch.bfloat16)` reach every tensor through `_apply`. Keep DyT's own
