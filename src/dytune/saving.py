@@ -47,12 +47,26 @@ model = AutoModelForCausalLM.from_pretrained("{path_hint}")   # or dytune.load("
 Without `import dytune`, `from_pretrained` fails with "model type dytune not recognised" rather than
 silently loading LayerNorms with wrong outputs.
 
-Serving engines that only know the standard architectures (vLLM, llama.cpp, TGI) **cannot run this model**:
+{portable}Serving engines that only know the standard architectures (vLLM, llama.cpp, TGI) **cannot run this model**:
 DyT is not one of their layers. Use transformers (eager or `torch.compile`).
 """
 
 
-def write_model_card(model: torch.nn.Module, out_dir: str | Path, extra: str = "") -> None:
+_PORTABLE_CARD = """Or, **without dytune installed**: this directory carries its modeling code (`modeling_dytune.py`,
+`configuration_dytune.py`; torch and transformers only), which transformers runs when you allow it:
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{path_hint}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{path_hint}", trust_remote_code=True)  # it reads config.json too
+```
+
+Read those two files before you trust them, as with any remote code.
+
+"""
+
+
+def write_model_card(model: torch.nn.Module, out_dir: str | Path, extra: str = "", *, portable: bool = False) -> None:
     dyt = getattr(model.config, "dyt", None) or {}
     base = dyt.get("source") or getattr(model.config, "_name_or_path", "") or "unknown"
     card = _CARD.format(
@@ -60,6 +74,7 @@ def write_model_card(model: torch.nn.Module, out_dir: str | Path, extra: str = "
         kinds=", ".join(dyt.get("kinds", [])), alpha_init=dyt.get("alpha_init", "?"),
         per_channel=" (per-channel)" if dyt.get("per_channel") else "",
         extra=(extra.strip() + "\n") if extra else "", path_hint=str(out_dir),
+        portable=_PORTABLE_CARD.format(path_hint=str(out_dir)) if portable else "",
     )
     Path(out_dir, "README.md").write_text(card)
 
@@ -82,15 +97,21 @@ def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
 
 
 def save(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, *, overwrite: bool = False,  # noqa: ANN001
-         card_extra: str = "", extra_files: dict[str, dict] | None = None) -> Path:
+         card_extra: str = "", extra_files: dict[str, dict] | None = None, portable: bool = False) -> Path:
     """Save `model` (DyT or plain) as safetensors + config (+ tokenizer, model card), atomically.
 
     The directory is written under a temporary name and renamed into place, so an interrupted save never
-    leaves a half-written model behind.
+    leaves a half-written model behind. `portable`: also write the DyT modeling code into the directory
+    (config.json's `auto_map`), so that `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`
+    loads it where dytune is not installed (see `dytune.portable`).
     """
+    from dytune import portable as portable_code
     from dytune.hf_registration import is_dyt_model
 
     out = Path(out_dir)
+    if portable and not is_dyt_model(model):
+        raise DytuneError("--portable is for DyT models (it writes the DyT modeling code); this model has no DyT "
+                          "layers, so it already loads without dytune: save it without --portable")
     if out.exists() and not overwrite:
         raise DytuneError(f"{out} already exists: choose another output directory or pass --overwrite")
     with atomic_directory(out) as tmp:
@@ -98,7 +119,11 @@ def save(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, *, overwri
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if is_dyt_model(model):
-            write_model_card(model, tmp, card_extra)
+            if portable:
+                portable_code.write_portable_code(tmp, model.config.dyt["base_model_type"])
+            else:
+                portable_code.drop_portable_code(Path(tmp, "config.json"))
+            write_model_card(model, tmp, card_extra, portable=portable)
         for name, payload in (extra_files or {}).items():
             Path(tmp, name).write_text(json.dumps(payload, indent=2))
     return out

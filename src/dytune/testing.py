@@ -125,3 +125,25 @@ def run_in_fresh_process(code: str, timeout: float = 300, *, with_stderr: bool =
     if out.returncode != 0:
         raise AssertionError(f"fresh process exited {out.returncode}:\n{out.stderr[-3000:]}")
     return (out.stdout, out.stderr) if with_stderr else out.stdout
+
+
+def run_without_dytune(code: str, timeout: float = 300, *, env: dict[str, str] | None = None) -> tuple[str, str]:
+    """Run Python `code` in an interpreter that can import everything this one can except dytune (as on a
+    machine where it was never installed); return `(stdout, stderr)`.
+
+    dytune is installed editable, i.e. a `.pth` file puts its source folder on `sys.path`: the interpreter
+    starts isolated (`-I -S`: no site, no .pth files, no PYTHONPATH) with this interpreter's path minus that
+    folder. Nothing blocks the import by name, so `import dytune` failing there is a real check.
+    """
+    import os
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    import dytune
+
+    source = Path(dytune.__file__).resolve().parents[1]
+    path = [p for p in sys.path if p and Path(p).resolve() != source]
+    prelude = f"import sys\nsys.path[:] = {path!r}\n"
+    return run_in_fresh_process(prelude + textwrap.dedent(code), timeout, with_stderr=True, python_args=("-I", "-S"),
+                                env={**os.environ, **(env or {})})

@@ -1,0 +1,128 @@
+"""`dytune.save(..., portable=True)`: the directory carries its modeling code, so a user without dytune loads
+it with `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` and gets the very same model."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+import dytune
+from dytune.portable import AUTO_MAP, CODE_FILES
+from dytune.testing import TINY_ARCHS, run_without_dytune, tiny_model, tiny_tokenizer
+
+IDS = torch.tensor([[1, 5, 9, 30, 2, 7, 11, 40]])
+
+
+@pytest.fixture(scope="module")
+def portable_dirs(tmp_path_factory):
+    """Every matrix architecture (heads alternately tied), converted from a checkpoint on disk, saved portable."""
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("portable")
+    dirs = {}
+    for i, arch in enumerate(TINY_ARCHS):
+        tiny_model(arch, tie_word_embeddings=bool(i % 2)).save_pretrained(root / arch / "plain")
+        model = AutoModelForCausalLM.from_pretrained(root / arch / "plain").eval()
+        dytune.convert(model, alpha_init=0.8, norms="all", per_channel=(arch == "gpt2"))
+        with torch.no_grad():
+            for j, (_, dyt) in enumerate(dytune.dyt_modules(model)):
+                dyt.alpha.mul_(1.2345 + 0.01 * j)
+            logits = model(IDS).logits
+        dytune.save(model, root / arch / "dyt", tiny_tokenizer(), portable=True)
+        torch.save({"state": {k: v.clone() for k, v in model.state_dict().items()}, "logits": logits},
+                   root / arch / "reference.pt")  # test-only reference
+        dirs[arch] = root / arch
+    return dirs
+
+
+def test_portable_directory_has_its_code_and_auto_map(portable_dirs):
+    out = portable_dirs["llama"] / "dyt"
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"] == AUTO_MAP and config["model_type"] == "dytune"
+    for name in CODE_FILES:
+        code = (out / name).read_text()
+        imports = {line.split()[1].split(".")[0] for line in code.splitlines() if line.startswith(("import ", "from "))}
+        assert imports <= {"torch", "transformers", "", "configuration_dytune"}, imports  # "" is the relative import
+    assert 'BASE_MODEL_TYPE = "llama"' not in (portable_dirs["gpt_neox"] / "dyt" / "configuration_dytune.py").read_text()
+    assert "trust_remote_code=True" in (out / "README.md").read_text()
+
+
+def test_loads_exactly_where_dytune_is_not_installed(portable_dirs, tmp_path):
+    stdout, stderr = run_without_dytune(f"""
+        import json, torch
+        try:
+            import dytune
+            print("DYTUNE IMPORTABLE")
+        except ModuleNotFoundError:
+            pass
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        for arch, root in {[(a, str(p)) for a, p in portable_dirs.items()]!r}:
+            model, info = AutoModelForCausalLM.from_pretrained(root + "/dyt", trust_remote_code=True,
+                                                               output_loading_info=True)
+            model.eval()
+            ref = torch.load(root + "/reference.pt")
+            state = model.state_dict()
+            with torch.no_grad():
+                logits = model(torch.tensor({IDS.tolist()})).logits
+            dyt = [n for n, m in model.named_modules() if type(m).__name__ == "DyT"]
+            print(json.dumps({{
+                "arch": arch, "class": type(model).__name__, "module": type(model).__module__,
+                "info": {{k: [str(x) for x in v] for k, v in info.items() if v}},
+                "same_keys": set(state) == set(ref["state"]),
+                "unequal": [k for k in ref["state"] if k in state and not torch.equal(state[k], ref["state"][k])],
+                "logits_equal": torch.equal(logits, ref["logits"]), "n_dyt": len(dyt),
+                "tokenizer": AutoTokenizer.from_pretrained(root + "/dyt", trust_remote_code=True).decode([5, 9]) != "",
+            }}))
+    """, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert "DYTUNE IMPORTABLE" not in stdout
+    rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [row["arch"] for row in rows] == list(TINY_ARCHS), (stdout, stderr[-3000:])
+    for row in rows:
+        assert row["module"].startswith("transformers_modules."), row  # the directory's code, not dytune's
+        assert row["class"].startswith("DyT") and row["n_dyt"] > 0, row
+        assert row["info"] == {} and row["same_keys"] and row["unequal"] == [], row
+        assert row["logits_equal"] and row["tokenizer"], row
+    assert "newly initialized" not in stderr and "UNEXPECTED" not in stderr and "model of type" not in stderr
+
+
+def test_without_trust_remote_code_it_refuses_rather_than_guessing(portable_dirs, tmp_path):
+    stdout, _ = run_without_dytune(f"""
+        from transformers import AutoModelForCausalLM
+        try:
+            AutoModelForCausalLM.from_pretrained({str(portable_dirs['llama'] / 'dyt')!r}, trust_remote_code=False)
+        except ValueError as err:
+            print("REFUSED", "trust_remote_code" in str(err))
+        else:
+            print("LOADED")
+    """, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert "REFUSED True" in stdout
+
+
+def test_dytune_never_runs_the_directory_code(portable_dirs):
+    """With dytune imported, its own registered classes win, even when a caller passes trust_remote_code=True."""
+    from transformers import AutoModelForCausalLM
+
+    ref = torch.load(portable_dirs["gpt_neox"] / "reference.pt")
+    for model in (dytune.load(str(portable_dirs["gpt_neox"] / "dyt")),
+                  AutoModelForCausalLM.from_pretrained(portable_dirs["gpt_neox"] / "dyt", trust_remote_code=True)):
+        assert type(model).__module__ == "dytune.hf_registration"
+        with torch.no_grad():
+            assert torch.equal(model.eval()(IDS).logits, ref["logits"])
+    assert not [name for name in sys.modules if name.startswith("transformers_modules")]
+
+
+def test_resaving_keeps_or_drops_the_code_consistently(portable_dirs, tmp_path):
+    model = dytune.load(str(portable_dirs["qwen3"] / "dyt"))
+    dytune.save(model, tmp_path / "plain-again")
+    config = json.loads((tmp_path / "plain-again" / "config.json").read_text())
+    assert "auto_map" not in config  # no pointer to code that is not there
+    assert not any((tmp_path / "plain-again" / name).exists() for name in CODE_FILES)
+    dytune.save(model, tmp_path / "portable-again", portable=True)
+    assert json.loads((tmp_path / "portable-again" / "config.json").read_text())["auto_map"] == AUTO_MAP
+
+
+def test_portable_needs_a_dyt_model(tmp_path):
+    with pytest.raises(dytune.DytuneError, match="no DyT layers"):
+        dytune.save(tiny_model("llama"), tmp_path / "out", portable=True)
+    assert not (tmp_path / "out").exists()
