@@ -111,6 +111,37 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     return model
 
 
+def tiny_dyt_checkpoint(arch: str, root, *, alpha_init: str | float = 0.8, norms: str | None = "all",
+                        per_channel: bool = False, tokenizer=None, portable: bool = False,  # noqa: ANN001
+                        **overrides):
+    """The user's path on a tiny model: a plain checkpoint saved in `root/plain`, loaded with `from_pretrained`,
+    converted (fast alpha rules only), alphas then scaled per layer to values no initialiser gives (a swapped or
+    unloaded alpha shows), saved with `dytune.save` in `root/dyt`. Returns `(converted model, root/"dyt")`."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    import dytune
+
+    root = Path(root)
+    tiny_model(arch, **overrides).save_pretrained(root / "plain")
+    model = AutoModelForCausalLM.from_pretrained(root / "plain").eval()
+    dytune.convert(model, alpha_init=alpha_init, norms=norms, per_channel=per_channel)
+    with torch.no_grad():
+        for i, (_, dyt) in enumerate(dytune.dyt_modules(model)):
+            dyt.alpha.mul_(1.2345 + 0.01 * i)
+    dytune.save(model, root / "dyt", tokenizer, portable=portable)
+    return model, root / "dyt"
+
+
+def save_reference(model: torch.nn.Module, path, input_ids: torch.Tensor) -> None:  # noqa: ANN001
+    """Save what a reloaded model must reproduce (every tensor, the logits on `input_ids`) for a test to compare
+    in another process; a test-only file, never loaded by dytune."""
+    with torch.no_grad():
+        logits = model(input_ids).logits
+    torch.save({"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "logits": logits}, path)
+
+
 def run_in_fresh_process(code: str, timeout: float = 300, *, with_stderr: bool = False,
                          python_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
     """Run Python `code` in a new interpreter (nothing imported or registered in this one carries over) and
@@ -132,18 +163,16 @@ def run_without_dytune(code: str, timeout: float = 300, *, env: dict[str, str] |
     machine where it was never installed); return `(stdout, stderr)`.
 
     dytune is installed editable, i.e. a `.pth` file puts its source folder on `sys.path`: the interpreter
-    starts isolated (`-I -S`: no site, no .pth files, no PYTHONPATH) with this interpreter's path minus that
-    folder. Nothing blocks the import by name, so `import dytune` failing there is a real check.
+    starts isolated (`-I -S`: no site, no .pth files, no PYTHONPATH) with this interpreter's path minus every
+    folder that holds a `dytune` package. Nothing blocks the import by name, so `import dytune` failing there
+    is a real check.
     """
     import os
     import sys
     import textwrap
     from pathlib import Path
 
-    import dytune
-
-    source = Path(dytune.__file__).resolve().parents[1]
-    path = [p for p in sys.path if p and Path(p).resolve() != source]
+    path = [p for p in sys.path if p and not (Path(p) / "dytune").exists()]
     prelude = f"import sys\nsys.path[:] = {path!r}\n"
     return run_in_fresh_process(prelude + textwrap.dedent(code), timeout, with_stderr=True, python_args=("-I", "-S"),
                                 env={**os.environ, **(env or {})})

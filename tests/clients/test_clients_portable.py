@@ -9,7 +9,8 @@ import torch
 
 import dytune
 from dytune.portable import AUTO_MAP, CODE_FILES
-from dytune.testing import TINY_ARCHS, run_without_dytune, tiny_model, tiny_tokenizer
+from dytune.testing import (TINY_ARCHS, run_without_dytune, save_reference, tiny_dyt_checkpoint, tiny_model,
+                            tiny_tokenizer)
 
 IDS = torch.tensor([[1, 5, 9, 30, 2, 7, 11, 40]])
 
@@ -17,21 +18,12 @@ IDS = torch.tensor([[1, 5, 9, 30, 2, 7, 11, 40]])
 @pytest.fixture(scope="module")
 def portable_dirs(tmp_path_factory):
     """Every matrix architecture (heads alternately tied), converted from a checkpoint on disk, saved portable."""
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("portable")
     dirs = {}
     for i, arch in enumerate(TINY_ARCHS):
-        tiny_model(arch, tie_word_embeddings=bool(i % 2)).save_pretrained(root / arch / "plain")
-        model = AutoModelForCausalLM.from_pretrained(root / arch / "plain").eval()
-        dytune.convert(model, alpha_init=0.8, norms="all", per_channel=(arch == "gpt2"))
-        with torch.no_grad():
-            for j, (_, dyt) in enumerate(dytune.dyt_modules(model)):
-                dyt.alpha.mul_(1.2345 + 0.01 * j)
-            logits = model(IDS).logits
-        dytune.save(model, root / arch / "dyt", tiny_tokenizer(), portable=True)
-        torch.save({"state": {k: v.clone() for k, v in model.state_dict().items()}, "logits": logits},
-                   root / arch / "reference.pt")  # test-only reference
+        model, _ = tiny_dyt_checkpoint(arch, root / arch, tokenizer=tiny_tokenizer(), portable=True,
+                                       per_channel=(arch == "gpt2"), tie_word_embeddings=bool(i % 2))
+        save_reference(model, root / arch / "reference.pt", IDS)
         dirs[arch] = root / arch
     return dirs
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dytune
-from dytune.testing import TINY_ARCHS, run_in_fresh_process, tiny_model
+from dytune.testing import TINY_ARCHS, run_in_fresh_process, save_reference, tiny_dyt_checkpoint, tiny_model
 
 IDS = torch.tensor([[1, 5, 9, 30, 2, 7, 11, 40]])
 CASES = [(arch, tied) for arch in TINY_ARCHS for tied in (False, True)]
@@ -36,20 +36,11 @@ def matrix(tmp_path_factory):
     for i, case in enumerate(CASES):
         arch, tied = case
         case_dir = root / _case_id(case)
-        tiny_model(arch, tie_word_embeddings=tied).save_pretrained(case_dir / "plain")
-        model, info = AutoModelForCausalLM.from_pretrained(case_dir / "plain", output_loading_info=True)
-        model.eval()
         # both fast alpha rules across the matrix; qk norms (Qwen3, OLMo2) converted too
-        dytune.convert(model, alpha_init="paper" if i % 4 < 2 else 0.8, norms="all")
-        with torch.no_grad():  # alphas no initialiser produces, different per layer: a swapped or unloaded one shows
-            for j, (_, dyt) in enumerate(dytune.dyt_modules(model)):
-                dyt.alpha.mul_(1.2345 + 0.01 * j)
-        dytune.save(model, case_dir / "dyt")
-        with torch.no_grad():
-            logits = model(IDS).logits
-        # test-only reference (never loaded by dytune)
-        torch.save({"state": {k: v.clone() for k, v in model.state_dict().items()}, "logits": logits},
-                   case_dir / "reference.pt")
+        model, _ = tiny_dyt_checkpoint(arch, case_dir, alpha_init="paper" if i % 4 < 2 else 0.8,
+                                       tie_word_embeddings=tied)
+        save_reference(model, case_dir / "reference.pt", IDS)
+        _, info = AutoModelForCausalLM.from_pretrained(case_dir / "plain", output_loading_info=True)
         local[_case_id(case)] = {"plain_info": info, "tied": _head_is_tied(model),
                                  "n_dyt": len(dytune.dyt_modules(model)), "dir": str(case_dir)}
     stdout = run_in_fresh_process(f"""
