@@ -114,7 +114,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
 def tiny_dyt_checkpoint(arch: str, root, *, alpha_init: str | float = 0.8, norms: str | None = "all",
                         per_channel: bool = False, tokenizer=None, portable: bool = False,  # noqa: ANN001
                         **overrides):
-    """The user's path on a tiny model: a plain checkpoint saved in `root/plain`, loaded with `from_pretrained`,
+    """The user's path on a tiny model: a plain checkpoint (+ tokenizer) saved in `root/plain`, loaded with `from_pretrained`,
     converted (fast alpha rules only), alphas then scaled per layer to values no initialiser gives (a swapped or
     unloaded alpha shows), saved with `dytune.save` in `root/dyt`. Returns `(converted model, root/"dyt")`."""
     from pathlib import Path
@@ -125,6 +125,8 @@ def tiny_dyt_checkpoint(arch: str, root, *, alpha_init: str | float = 0.8, norms
 
     root = Path(root)
     tiny_model(arch, **overrides).save_pretrained(root / "plain")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(root / "plain")
     model = AutoModelForCausalLM.from_pretrained(root / "plain").eval()
     dytune.convert(model, alpha_init=alpha_init, norms=norms, per_channel=per_channel)
     with torch.no_grad():
