@@ -195,3 +195,72 @@ def test_real_smollm2_two_turn_answers(tmp_path):
         assert len(a1.split()) >= 5 and len(a2.split()) >= 3  # real words, not an immediate stop
         assert rec["generation"]["stop_tokens"][0] == "<|im_end|>" and rec["model_id"] == "smollm2-135m"
     assert "<|im_end|>" not in records[81]["choices"][0]["turns"][0]
+
+
+def test_concat_turns_is_the_study_notebooks_generate(questions, tmp_path):
+    """`--concat-turns` answers exactly as the study's Benchmarks notebook did, on a base model with no chat template:
+    tokenizer(prompts, padding=True) over [q1, q2] text pairs, left padding with pad = EOS, one batched greedy
+    generate, decode(ids[prompt_length:], skip_special_tokens=True)."""
+    model, tok = tiny_model("gpt_neox", seed=3), tiny_tokenizer(chat_template=False)
+    assert not getattr(tok, "chat_template", None)
+    out = tmp_path / "study.jsonl"
+    generate_answers(model, tok, questions, out, model_id="tiny",
+                     settings=_settings(concat_turns=True, batch_size=len(questions), max_new_tokens=10))
+    records = load_answers(out)
+
+    import copy
+
+    nb_tok = copy.deepcopy(tok)
+    nb_tok.padding_side, nb_tok.pad_token = "left", nb_tok.eos_token
+    inputs = nb_tok([q["turns"] for q in questions], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=10, do_sample=False, pad_token_id=nb_tok.eos_token_id)
+    prompt_length = inputs["input_ids"].shape[1]
+    expected = [nb_tok.decode(g[prompt_length:], skip_special_tokens=True) for g in generated]
+    assert [records[q["question_id"]]["choices"][0]["turns"] for q in questions] == [[e] for e in expected]
+    first = nb_tok(questions[0]["turns"][0])["input_ids"] + nb_tok(questions[0]["turns"][1])["input_ids"]
+    assert inputs["input_ids"][0][inputs["attention_mask"][0].bool()].tolist() == first  # q1 then q2, no separator
+    assert records[questions[0]["question_id"]]["generation"]["concat_turns"] is True
+    nb_tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(DytuneError, match="other settings"):  # one file never mixes the two protocols
+        generate_answers(model, nb_tok, questions, out, model_id="tiny", settings=_settings(batch_size=len(questions)))
+
+
+def test_questions_in_huggingfaceh4_layout(tmp_path):
+    """HuggingFaceH4/mt_bench_prompts (what the study loaded): prompt_id, prompt: [q1, q2], category, reference."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": ["Write a line.", "Now shorter."], "prompt_id": 81, "category": "writing", "reference": []},
+            {"prompt": ["What is 2+2?", "And 3+3?"], "prompt_id": 111, "category": "math", "reference": ["4", "6"]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train-00000-of-00001.parquet")
+    (tmp_path / "h4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for path in (tmp_path / "train-00000-of-00001.parquet", tmp_path / "h4.jsonl"):
+        qs = load_questions(path)
+        assert [q["question_id"] for q in qs] == [81, 111] and qs[0]["turns"] == ["Write a line.", "Now shorter."]
+        assert "reference" not in qs[0] and qs[1]["reference"] == ["4", "6"] and qs[1]["category"] == "math"
+
+
+def test_answer_cli_concat_turns_and_dtype_reach_the_model_load(tmp_path, questions_file, capsys, monkeypatch):
+    from dytune.cli import main
+    from dytune.models import load_model
+
+    base = tmp_path / "base"
+    tiny_model("gpt2").save_pretrained(base)
+    tiny_tokenizer(chat_template=False).save_pretrained(base)
+    seen = []
+
+    def spy(name, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        return load_model(name, **kwargs)
+
+    monkeypatch.setattr("dytune.models.load_model", spy)
+    out = tmp_path / "a.jsonl"
+    args = ["answer", str(base), "--questions", str(questions_file), "--out", str(out), "--max-new-tokens", "4",
+            "--limit", "2", "--concat-turns", "--dtype", "bfloat16"]
+    assert main(args) == 0
+    assert seen == [torch.bfloat16]
+    rec = load_answers(out)[1]
+    assert len(rec["choices"][0]["turns"]) == 1 and rec["generation"]["dtype"] == "bfloat16"
+    assert main(["answer", str(base), "--questions", str(questions_file), "--out", str(tmp_path / "b.jsonl")]) == 2
+    assert "--concat-turns" in capsys.readouterr().err  # no chat template: the error names the study's mode

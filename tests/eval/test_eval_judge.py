@@ -178,3 +178,36 @@ def test_cli_error_is_reported_without_traceback(tmp_path, questions_file, capsy
                  "--questions", str(questions_file)])
     assert code == 2
     assert "dytune judge: error: judge '/no/such/dir' not found" in capsys.readouterr().err
+
+
+def test_single_order_is_one_forced_turn_one_verdict(tmp_path, questions_file, questions, make_answers):
+    """The study's protocol: both orders averaged into one verdict per question, turn 1 only, no ties, so a
+    position bias larger than the real difference no longer turns verdicts into ties, it cancels in the mean."""
+    a, b = _answers(tmp_path, make_answers, questions, a_len=20, b_len=10)
+    judge = LengthJudge(bias=100.0)
+    study = judge_answers(a, b, judge=judge, questions_path=questions_file, n_boot=50, single_order=True)
+    assert [len(sources) for sources, _, _ in judge.calls] == [5, 5]  # turn 1 of 5 questions, in both orders
+    assert study["summary"]["overall"] == {"win": 5, "tie": 0, "loss": 0, "n": 5, "questions": 5,
+                                           "win_rate": 1.0, "ci95": [1.0, 1.0]}
+    default = judge_answers(a, b, judge=LengthJudge(bias=100.0), questions_path=questions_file, n_boot=50)
+    assert default["summary"]["overall"]["tie"] == 10  # dytune's protocol: every verdict flips, so ties
+
+
+def test_concat_turns_answers_need_single_order(tmp_path, questions_file, questions):
+    path = tmp_path / "concat.jsonl"
+    path.write_text("".join(json.dumps({"question_id": q["question_id"], "model_id": "m", "generation":
+                                        {"concat_turns": True}, "choices": [{"index": 0, "turns": ["one answer"]}]})
+                            + "\n" for q in questions))
+    with pytest.raises(DytuneError, match="judge it with --single-order"):
+        judge_answers(path, path, judge=LengthJudge(), questions_path=questions_file)
+    assert judge_answers(path, path, judge=LengthJudge(), questions_path=questions_file, n_boot=10,
+                         single_order=True)["summary"]["overall"]["n"] == 5
+
+
+def test_single_order_needs_a_pairwise_judge(tmp_path, questions_file, questions, make_answers):
+    class Pointwise:
+        pairwise, name = False, "reward"
+
+    a, b = _answers(tmp_path, make_answers, questions, a_len=2, b_len=1)
+    with pytest.raises(DytuneError, match="no order to choose"):
+        judge_answers(a, b, judge=Pointwise(), questions_path=questions_file, single_order=True)

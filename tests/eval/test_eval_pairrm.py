@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -102,3 +103,46 @@ def test_pairrm_offline_error_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DytuneError, match=r"PairRM judge 'llm-blender/PairRM-hf' is not in the local .* --judge PATH"):
         make_judge("pairrm")
+
+
+def test_single_order_gives_trls_pairrm_verdicts(tmp_path, tiny_pairrm_dir, questions_file, questions, make_answers):
+    """`single_order` is what the study's `PairRMJudge().judge(prompts, [[vanilla, dyt], ...])` returned: llm-blender's
+    `rank` fills the 2 x 2 comparison matrix with both orders, scores it with `get_scores_from_cmps` and ranks it;
+    TRL's verdict is `rank[0] - 1` (0: the first completion preferred). Turn 1 only, with the turn-1 question."""
+    _import_reference()
+    import numpy as np
+    from llm_blender.gpt_eval.utils import get_ranks_from_scores, get_scores_from_cmps
+
+    judge = make_judge(str(tiny_pairrm_dir), batch_size=4)
+    a_turns = {q["question_id"]: [f"{q['turns'][0]} hello world" * (1 + q["question_id"] % 3), "x"]
+               for q in questions}
+    b_turns = {q["question_id"]: ["the capital of France is Paris " * (1 + q["question_id"] % 2), "y"]
+               for q in questions}
+    a = make_answers(tmp_path / "a.jsonl", "vanilla", a_turns)
+    b = make_answers(tmp_path / "b.jsonl", "dyt", b_turns)
+    result = judge_answers(a, b, judge=judge, questions_path=questions_file, n_boot=50, single_order=True)
+
+    prompts = [q["turns"][0] for q in questions]
+    first = [a_turns[q["question_id"]][0] for q in questions]
+    second = [b_turns[q["question_id"]][0] for q in questions]
+    cmps = np.zeros((len(prompts), 2, 2))
+    cmps[:, 0, 1] = judge.compare(prompts, first, second)
+    cmps[:, 1, 0] = judge.compare(prompts, second, first)
+    trl = get_ranks_from_scores(get_scores_from_cmps(cmps))[:, 0] - 1  # 0: vanilla (A) preferred
+    ours = {c["question_id"]: c["outcome"] for c in result["comparisons"]}
+    assert [ours[q["question_id"]] for q in questions] == ["win" if r == 0 else "loss" for r in trl]
+    assert {c["turn"] for c in result["comparisons"]} == {1} and result["protocol"] == "study-single-order"
+    assert result["summary"]["overall"]["tie"] == 0 and result["summary"]["overall"]["n"] == len(questions)
+    assert "turn 1 only, one forced verdict per question" in result["markdown"]
+
+
+def test_judge_cli_single_order(tmp_path, tiny_pairrm_dir, questions_file, questions, make_answers, capsys):
+    from dytune.cli import main
+
+    a = make_answers(tmp_path / "a.jsonl", "a", {q["question_id"]: ["hello world", "good"] for q in questions})
+    b = make_answers(tmp_path / "b.jsonl", "b", {q["question_id"]: ["Paris", "answer"] for q in questions})
+    assert main(["judge", str(a), str(b), "--judge", str(tiny_pairrm_dir), "--questions", str(questions_file),
+                 "--single-order", "--bootstrap", "20", "--out", str(tmp_path / "j")]) == 0
+    saved = json.loads((tmp_path / "j.json").read_text())
+    assert saved["protocol"] == "study-single-order" and len(saved["comparisons"]) == len(questions)
+    assert "original study's PairRM protocol" in capsys.readouterr().out
