@@ -84,10 +84,14 @@ def _dyt_model_class(base: type) -> type:
         checkpoint is a `DytuneError` naming the keys (transformers only prints a report and initialises the
         missing ones at random). `dytune_strict=False` opts out."""
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = base.from_pretrained.__func__(cls, *args, output_loading_info=True, **kwargs)
+        location = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        try:
+            model, info = base.from_pretrained.__func__(cls, *args, output_loading_info=True, **kwargs)
+        except DytuneError as err:  # e.g. a dyt block naming a layer the model lacks: say which checkpoint
+            raise DytuneError(f"{location}: {err}") from None
         strict = (not _LENIENT_LOADS.get()) if dytune_strict is None else dytune_strict
         if strict:
-            check_loading_info(info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+            check_loading_info(info, location)
         return (model, info) if wants_info else model
 
     keep = list(getattr(base, "_keep_in_fp32_modules", None) or [])
@@ -179,17 +183,40 @@ class DyTuneConfig(PretrainedConfig):
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-        dyt = config_dict.get("dyt")
-        if not dyt or "base_model_type" not in dyt:
-            raise ValueError("config.json says model_type 'dytune' but has no 'dyt' block with base_model_type: "
-                             "it was not written by dytune, or was edited by hand")
-        base_type = dyt["base_model_type"]
+        check_dyt_block(config_dict.get("dyt"), config_dict.get("_name_or_path") or None)
+        base_type = config_dict["dyt"]["base_model_type"]
         base_config_cls = CONFIG_MAPPING[base_type]
         config_cls = _dyt_config_class(base_config_cls)
         base_model_cls = _causal_lm_class(base_type, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
         _register_pair(config_cls, _dyt_model_class(base_model_cls))
         config_dict = {**config_dict, "model_type": base_type}
         return base_config_cls.from_dict.__func__(config_cls, config_dict, **kwargs)
+
+
+def check_dyt_block(dyt: object, location: object = None) -> None:
+    """A `DytuneError` unless a config's `dyt` block names a base type transformers has a causal LM for, and
+    a list of layers each with the fields `build_dyt_layers` reads."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    where = f"{location}: " if location else ""
+    hand = "it was not written by dytune, or was edited by hand; convert the original model again"
+    if not isinstance(dyt, dict) or "base_model_type" not in dyt:
+        raise DytuneError(f"{where}config.json says model_type 'dytune' but has no 'dyt' block with "
+                          f"base_model_type: {hand}")
+    base_type = dyt["base_model_type"]
+    if base_type not in CONFIG_MAPPING or base_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        import transformers
+
+        raise DytuneError(f"{where}this DyT model wraps model type {base_type!r}, for which transformers "
+                          f"{transformers.__version__} has no causal LM: upgrade transformers (or, if the config "
+                          "was edited by hand, convert the original model again)")
+    layers = dyt.get("layers")
+    fields = ("name", "hidden_size", "per_channel", "bias")
+    if not isinstance(layers, list) or not layers or not all(
+            isinstance(layer, dict) and all(key in layer for key in fields) for layer in layers):
+        raise DytuneError(f"{where}config.json's dyt block has no valid 'layers' list (each entry needs "
+                          f"{', '.join(fields)}): {hand}")
 
 
 def _causal_lm_class(base_type: str, names: dict) -> type:
@@ -269,7 +296,14 @@ def build_dyt_layers(model: nn.Module, spec: dict) -> None:
     """Replace the norms named in a `config.dyt` spec with (freshly initialised) DyT layers."""
     for layer in spec["layers"]:
         parent_name, _, child = layer["name"].rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+        except AttributeError:
+            parent = None
+        if parent is None or not isinstance(getattr(parent, child, None), nn.Module):
+            raise DytuneError(f"config.json's dyt block names layer {layer['name']!r}, which this "
+                              f"{type(model).__mro__[1].__name__} does not have: the config was edited by hand or "
+                              "belongs to another model; convert the original model again")
         dyt = DyT(layer["hidden_size"], alpha_init=layer.get("alpha_init", 1.0),
                   per_channel=layer["per_channel"], bias=layer["bias"])
         setattr(parent, child, dyt)

@@ -170,6 +170,53 @@ def clear_quantization_state(model: torch.nn.Module) -> None:
         del model.config.quantization_config
 
 
+def check_model_directory(path: str | Path, *, weights: bool = True, trust_remote_code: bool = False) -> None:
+    """Refuse, with a `DytuneError` saying what to do, a model directory transformers would fail on with a
+    traceback: config.json unreadable or of an unknown model type, a DyT `dyt` block that does not fit, and
+    (with `weights`) no weights or a truncated/corrupt safetensors file. Reads headers only."""
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DytuneError(f"{path / 'config.json'} is not a readable JSON config ({err}): re-save the model with "
+                          "save_pretrained, or point at the right directory") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not model_type:
+        raise DytuneError(f"{path / 'config.json'} has no model_type: it is not a transformers model config")
+    remote = trust_remote_code and "AutoConfig" in (config.get("auto_map") or {})
+    if model_type == "dytune":
+        from dytune.hf_registration import check_dyt_block
+
+        check_dyt_block(config.get("dyt"), path)
+    elif model_type not in CONFIG_MAPPING and not remote:
+        import transformers
+
+        raise DytuneError(f"{path}: model type {model_type!r} is not one transformers {transformers.__version__} "
+                          "knows; upgrade transformers, or pass --trust-remote-code if the model ships its own "
+                          "code and you trust it")
+    if weights:
+        _check_weight_files(path)
+
+
+def _check_weight_files(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files and not any(path.glob("pytorch_model*.bin")):
+        raise DytuneError(f"{path} has a config.json but no weights (model.safetensors): the save was "
+                          "interrupted or the weights were not copied; re-save or re-download the model")
+    for file in files:
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise DytuneError(f"{file} is truncated or corrupt ({err}): re-save or re-download the model") from None
+
+
 def local_path(name: str, revision: str | None = None) -> tuple[str, dict]:
     """Return (path or Hub id, extra from_pretrained kwargs) from which transformers can load `name`."""
     source = resolve(name)
@@ -200,6 +247,8 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     location, kwargs = local_path(name, revision)
+    if Path(location).is_dir():
+        check_model_directory(location, trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     with lenient_loads():  # checked below, for plain and DyT checkpoints alike
@@ -220,7 +269,16 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
     from transformers import AutoTokenizer
 
     location, kwargs = local_path(name, revision)
-    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
+    if Path(location).is_dir():
+        check_model_directory(location, weights=False, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as err:
+        if not Path(location).is_dir():
+            raise
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DytuneError(f"{location} has no usable tokenizer ({first_line}): save the model's tokenizer there "
+                          "with tokenizer.save_pretrained") from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
