@@ -101,19 +101,12 @@ def test_smollm2_labels_match_transformers_and_trl(truncated_sharegpt):
 def test_first_turns_match_the_study_rule_on_the_real_file(truncated_sharegpt):
     """configs/study/distilgpt2-lora-sharegpt.yaml's data settings give exactly the pairs of the study's
     `preprocess_single` (notebooks/train_sharegpt.ipynb), text for text, on 17,671 real conversations."""
+    from test_data_study_formats import study_first_turns
+
     from dytune.data import load_conversations
     from dytune.data.readers import Bad, iter_json
 
-    study = {}
-    for example in (r for r in iter_json(truncated_sharegpt) if not isinstance(r, Bad)):
-        user_message = assistant_message = ""
-        for turn in example.get("conversations", []):
-            if turn.get("from") == "human" and not user_message:
-                user_message = turn.get("value", "")
-            elif turn.get("from") == "gpt" and not assistant_message:
-                assistant_message = turn.get("value", "")
-        if user_message and assistant_message:
-            study[example["id"]] = (user_message.strip(), assistant_message.strip())
+    study = study_first_turns([r for r in iter_json(truncated_sharegpt) if not isinstance(r, Bad)])
     convs, _ = load_conversations(str(truncated_sharegpt), turns="first",
                                   role_map={"user": None, "chatgpt": None, "bing": None, "bard": None})
     ours = {cid: (m[0]["content"], m[1]["content"]) for cid, m in zip(convs["id"], convs["messages"])}

@@ -93,7 +93,7 @@ def _sharegpt_file(tmp_path):
     return path, rows
 
 
-def _study_first_turns(rows):
+def study_first_turns(rows):
     """The study's rule (notebooks/train_sharegpt.ipynb, preprocess_single), copied."""
     out = {}
     for example in rows:
@@ -116,7 +116,7 @@ def test_sharegpt_first_turns_keep_one_user_and_one_assistant_turn(tmp_path):
     assert all([r for r, _ in msgs] == ["user", "assistant"] for msgs in got.values())
     # b: the study paired the first human turn with the first gpt turn even when that reply came before it (a
     # ShareGPT chunk that continues an earlier chunk), and so does turns: first
-    assert {cid: (m[0][1], m[1][1]) for cid, m in got.items()} == _study_first_turns(rows) == {
+    assert {cid: (m[0][1], m[1][1]) for cid, m in got.items()} == study_first_turns(rows) == {
         "a": ("Q1", "A1"), "b": ("Q", "leading")}
     assert report.sources[0].dropped["no_assistant_reply"] == 2  # c (only "bing" answered), d
     everything, _ = load_conversations(str(path))

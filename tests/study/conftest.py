@@ -20,20 +20,21 @@ def hub_standins(tmp_path_factory) -> dict[str, str]:
             TULU: str(write_parquet(root / "tulu", tulu_rows()))}
 
 
-@pytest.fixture(scope="session")
-def tiny_gpt2_dir(tmp_path_factory) -> Path:
-    """A 2-layer GPT2LMHeadModel (DistilGPT2's classes: Conv1D c_attn/c_proj/c_fc, ln_1/ln_2/ln_f) and a base
-    tokenizer with no chat template and EOS only, as DistilGPT2's."""
-    path = tmp_path_factory.mktemp("tiny_distilgpt2")
-    tiny_model("gpt2").save_pretrained(path)
+def _saved_base_model(tmp_path_factory, name: str, arch: str) -> Path:
+    """A tiny `arch` model and a base tokenizer (no chat template, EOS only, as DistilGPT2's and Pythia's), on disk."""
+    path = tmp_path_factory.mktemp(name)
+    tiny_model(arch).save_pretrained(path)
     tiny_tokenizer(chat_template=False).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """2-layer GPT2LMHeadModel: DistilGPT2's classes (Conv1D c_attn/c_proj/c_fc, ln_1/ln_2/ln_f, tied head)."""
+    return _saved_base_model(tmp_path_factory, "tiny_distilgpt2", "gpt2")
 
 
 @pytest.fixture(scope="session")
 def tiny_neox_dir(tmp_path_factory) -> Path:
-    """A 2-layer GPTNeoXForCausalLM (Pythia's classes, parallel residual, untied head) and a base tokenizer."""
-    path = tmp_path_factory.mktemp("tiny_pythia")
-    tiny_model("gpt_neox").save_pretrained(path)
-    tiny_tokenizer(chat_template=False).save_pretrained(path)
-    return path
+    """2-layer GPTNeoXForCausalLM: Pythia's classes (parallel residual, untied head)."""
+    return _saved_base_model(tmp_path_factory, "tiny_pythia", "gpt_neox")
