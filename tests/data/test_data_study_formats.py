@@ -201,3 +201,17 @@ def test_seeded_selection_picks_the_rows_datasets_shuffle_picks(tmp_path, as_dis
     assert any("shuffled with seed 42, kept rows 5 to 17" in n for n in report.notes)
     first, _ = load_conversations([{"source": source, "take": 4}])
     assert first["id"] == ["r0", "r1", "r2", "r3"]
+
+
+def test_data_cli_shows_the_study_examples(tmp_path, capsys):
+    from dytune.cli import main
+    from dytune.testing import tiny_model, tiny_tokenizer
+
+    path, _ = _sharegpt_file(tmp_path)
+    tiny_model("gpt2").save_pretrained(tmp_path / "tok")
+    tiny_tokenizer(chat_template=False).save_pretrained(tmp_path / "tok")
+    assert main(["data", str(path), "--turns", "first", "--role-map", "bing=", "--tokenizer", str(tmp_path / "tok"),
+                 "--chat-template", "concat", "--train-on", "all", "--mask-eos", "--no-cache", "--show", "1",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "«Q1\n\nA1»<|endoftext|>" in out  # every token trained but the EOS

@@ -4,6 +4,8 @@
     dytune data ShareGPT_V3_unfiltered_cleaned_split.json --clean --tokenizer smollm2-135m --max-length 2048
     dytune data alpaca.json:2 sharegpt.json --max-samples 20000 --out runs/data --save
     dytune data my.jsonl --format alpaca --field-map instruction=question,output=answer
+    dytune data sharegpt.json --turns first --tokenizer distilgpt2 --chat-template concat --train-on all --mask-eos \
+        --max-length 512 --show 2                     # the original study's ShareGPT examples, trained tokens shown
 
 Prints the summary (records read, kept, dropped by reason, turn fixes, turns, tokens, trainable tokens) and
 writes data_report.json into --out (default: the current directory).
@@ -43,7 +45,13 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clean", action="store_true", help="clean ShareGPT noise (HTML, 'Copy code', regenerate)")
     p.add_argument("--train-on", choices=("assistant", "all"), default="assistant")
-    p.add_argument("--chat-template", default=None, help="Jinja template file or string overriding the tokenizer's")
+    p.add_argument("--mask-eos", action="store_true",
+                   help="take every EOS token out of the loss (as a collator padding with EOS does: the study's)")
+    p.add_argument("--turns", choices=("all", "first"), default="all",
+                   help="first: only the first user and the first assistant turn (the study's ShareGPT rows)")
+    p.add_argument("--chat-template", default=None,
+                   help="Jinja template file or string overriding the tokenizer's, or a named one: default, concat "
+                        "(the study's prompt + blank line + answer), prompt-completion (TRL's, no separator)")
     p.add_argument("--packing", action="store_true", help="pack examples into max-length sequences")
     p.add_argument("--split", default="train", help="split of a Hub dataset (default train)")
     p.add_argument("--revision", default=None, help="Hub dataset revision (branch, tag or commit)")
@@ -70,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         args.source, args.format, max_samples=args.max_samples, seed=args.seed,
         field_map=_pairs(args.field_map, "--field-map") if args.field_map else None,
         role_map=_pairs(args.role_map, "--role-map") if args.role_map else None, clean=args.clean,
-        split=args.split, revision=args.revision, streaming=args.streaming, data_files=args.data_files)
+        split=args.split, revision=args.revision, streaming=args.streaming, data_files=args.data_files,
+        turns=args.turns)
     tokens = tokenizer = None
     if args.tokenizer:
         from dytune.models import load_tokenizer
@@ -79,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         tokens = tokenize_conversations(convs, tokenizer, max_length=args.max_length, train_on=args.train_on,
                                         chat_template=args.chat_template, packing=args.packing,
                                         num_proc=args.num_proc, cache_dir=False if args.no_cache else None,
-                                        report=report)
+                                        report=report, mask_eos=args.mask_eos)
     out = Path(args.out)
     print(report.table())
     path = report.save(out)
