@@ -138,11 +138,21 @@ def _materialise_gguf(source: ModelSource) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    gguf_path = Path(source.location) / (source.gguf_file or "")
+    with open(gguf_path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise DytuneError(f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes; empty, "
+                              "truncated or another format): re-download it")
     print(f"dytune: dequantising {source.gguf_file} once into {target} (later loads use this copy)")
     from dytune.hf_registration import check_loading_info
 
-    model, info = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file,
-                                                       dtype=torch.float32, output_loading_info=True)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file,
+                                                           dtype=torch.float32, output_loading_info=True)
+    except (ValueError, OSError, KeyError) as err:  # the GGUF reader's errors for a damaged or unsupported file
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DytuneError(f"cannot read {gguf_path} ({type(err).__name__}: {first_line}): re-download it, or use a "
+                          "transformers version that supports its architecture") from None
     check_loading_info(info, Path(source.location) / (source.gguf_file or ""))
     tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     clear_quantization_state(model)

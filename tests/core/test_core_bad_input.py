@@ -46,7 +46,7 @@ def inputs(tmp_path_factory):
     variant("truncated", plain, truncate)
     variant("unknown_type", plain, edit_config(lambda c: c.update(model_type="frobnicator")))
     variant("bad_layer", dyt, edit_config(lambda c: c["dyt"]["layers"][0].update(name="model.layers.7.input_layernorm")))
-    for suffix in ("json", "jsonl", "txt", "yaml"):
+    for suffix in ("json", "jsonl", "txt", "yaml", "gguf"):
         (root / f"empty.{suffix}").write_bytes(b"")
         (root / f"binary.{suffix}").write_bytes(bytes(range(256)) * 8)
         paths[f"empty.{suffix}"] = root / f"empty.{suffix}"
@@ -70,6 +70,7 @@ WHY = {
     "binary": r"(binary|not (valid )?(JSON|UTF-8|text|YAML)|cannot (be )?read|unreadable|no records)",
     "alpha": r"alpha",
     "run_dir": r"neither a run directory",
+    "gguf": r"not a GGUF file",
 }
 
 # Cases that still fail, each in a file this test's author does not own; strict, so a fix shows as XPASS and
@@ -119,6 +120,10 @@ def _cases():
                                                                "--out", str(out / "answers.jsonl")], why),
             (f"judge-{bad}", lambda p, out, b=bad: ["judge", str(p[b]), str(p[b]), "--judge", "openai:judge", "--out", str(out / "verdict")], why),
         ]
+    for bad in ("empty.gguf", "binary.gguf"):
+        cases += [(f"convert-{bad}", lambda p, out, b=bad: ["convert", str(p[b]), str(out)], "gguf"),
+                  (f"eval-{bad}", lambda p, out, b=bad: ["eval", str(p[b]), "--data", str(p["data"]), "--out",
+                                                         str(out)], "gguf")]
     for bad in ("missing", "notmodel", "unknown_type"):  # `dytune data --tokenizer` reads only the tokenizer
         cases.append((f"data-tokenizer-{bad}", lambda p, out, b=bad: ["data", str(p["data"]), "--tokenizer",
                                                                       str(p[b]), "--out", str(out)], bad))
