@@ -109,3 +109,54 @@ def test_bench_cli_errors(tiny_chat_dir, capsys):
     assert "give one model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", str(tiny_chat_dir), "--batch-sizes", "0"])
+
+
+def test_study_timing_is_one_batched_greedy_generate_per_model(tiny_chat_dir, questions_file, tmp_path, monkeypatch):
+    import dytune.eval.mtbench as mtbench
+
+    calls = []
+    real = mtbench.generate_batch
+
+    def spy(model, tokenizer, prompts, **kw):
+        calls.append((type(model).__name__, len(prompts), kw))
+        return real(model, tokenizer, prompts, **kw)
+
+    monkeypatch.setattr(mtbench, "generate_batch", spy)
+    out = tmp_path / "study.json"
+    assert main(["bench", str(tiny_chat_dir), "--norm-swap", "--study-timing", "--questions", str(questions_file),
+                 "--max-new-tokens", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["results"]] == [str(tiny_chat_dir), f"{tiny_chat_dir}+DyT"]
+    # one call per model, all 5 questions in one batch, both turns as one prompt, greedy, the given limit
+    assert [(c[1], c[2]["concat_turns"], c[2]["temperature"], c[2]["max_new_tokens"]) for c in calls] == [(5, True, 0.0, 3)] * 2
+    for row in data["results"]:
+        assert row["prompts"] == 5 and 5 <= row["generated_tokens"] <= 15 and row["seconds"] > 0
+    assert data["ratio_seconds"][f"{tiny_chat_dir}+DyT"] == pytest.approx(
+        data["results"][1]["seconds"] / data["results"][0]["seconds"])
+    assert out.with_suffix(".md").read_text().startswith("Study timing: one batched greedy generate over 5")
+    assert main(["bench", str(tiny_chat_dir), "--study-timing", "--questions", str(questions_file),
+                 "--max-new-tokens", "0"]) == 2
+
+
+def test_bench_bfloat16_keeps_dyt_parameters_float32(tiny_chat_dir, tmp_path):
+    out = tmp_path / "bf16.json"
+    assert main(["bench", str(tiny_chat_dir), "--norm-swap", "--dtype", "bfloat16", "--batch-sizes", "1",
+                 "--prompt-lengths", "8", "--new-tokens", "2", "--repeats", "1", "--no-norm-micro",
+                 "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    plain, dyt = data["models"].values()
+    assert data["settings"]["dtype"] == "bfloat16"
+    # bf16 weights: 2 bytes a parameter, except DyT's float32 alpha/weight (4 bytes)
+    assert plain["weight_bytes"] < 2.2 * plain["parameters"]
+    assert dyt["weight_bytes"] - 2 * dyt["parameters"] >= 2 * 5 * 64  # 5 DyT weights of 64 kept in float32
+
+
+def test_static_generation_path_times_the_same_steps(twins):
+    settings = BenchSettings(batch_sizes=[2], prompt_lengths=[8], new_tokens=3, warmup=0, repeats=1,
+                             generation="static")
+    result = bench_models(twins, settings, progress=False)
+    assert {r["model"] for r in result["results"]} == {"ln", "dyt"}
+    for row in result["results"]:
+        assert row["prefill_s"]["median"] > 0 and row["decode_s"]["median"] > 0
+    with pytest.raises(DytuneError, match="--generation 'compiled': choose one of eager, static"):
+        bench_models(twins, BenchSettings(generation="compiled"), progress=False)

@@ -5,6 +5,14 @@ prompt tokens, then `new_tokens` greedy decode steps on the KV cache. Warm-up ro
 rounds; every round runs every model, in a rotating order, so a slow patch of a noisy machine hits all of
 them alike and the *ratio* holds even where absolute numbers drift. Medians with min / max / IQR.
 
+Generation paths (`BenchSettings.generation`): `eager` runs the model's forward step by step on the dynamic KV
+cache (the default: on this CPU it was the faster one, docs/speed.md); `static` runs transformers' `generate`
+with a static cache and its decode step `torch.compile`d (fixed shapes, one graph), timing prefill and decode
+apart with a per-step clock. Both decode greedily for exactly `new_tokens` steps.
+
+`study_timing`: the original DyT study's measurement instead, one batched greedy `generate` over the 80
+MT-bench questions, both turns as one prompt, left padding, float32, `time.time()` around the call.
+
 Memory: on CUDA the peak allocated per measurement; on CPU the weights and KV-cache bytes (torch keeps no
 CPU allocator statistics) and the process's peak RSS.
 
@@ -41,6 +49,10 @@ class BenchSettings:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    generation: str = "eager"  # eager | static (see the module docstring)
+
+
+GENERATION_PATHS = ("eager", "static")
 
 
 def machine_info(device: str) -> dict:
@@ -96,6 +108,41 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+class _StepClock:
+    """A logits processor that only notes when each decoding step's logits arrive (the first: after prefill)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        _sync(scores.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
+@torch.no_grad()
+def _static_run(model, input_ids: torch.Tensor, new_tokens: int) -> dict:
+    """Prefill, then `new_tokens` greedy steps, through `generate` with a static cache and a compiled step."""
+    from transformers import CompileConfig, GenerationConfig, LogitsProcessorList
+
+    compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+    compile_config._compile_all_devices = True  # transformers compiles on CUDA only unless told (its own flag)
+    config = GenerationConfig(max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, do_sample=False,
+                              cache_implementation="static", compile_config=compile_config,
+                              pad_token_id=getattr(model.config, "pad_token_id", None) or 0)
+    clock = _StepClock()
+    device = input_ids.device
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+                         logits_processor=LogitsProcessorList([clock]), return_dict_in_generate=True)
+    _sync(device)
+    t2 = time.perf_counter()
+    past = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    return {"prefill_s": clock.times[0] - t0, "decode_s": t2 - clock.times[0],
+            "kv_cache_bytes": _cache_bytes(past) if past is not None else 0}
+
+
 @torch.no_grad()
 def _one_run(model, input_ids: torch.Tensor, new_tokens: int) -> dict:
     """Prefill the prompt, then `new_tokens` greedy decode steps; seconds of each phase."""
@@ -145,6 +192,8 @@ def bench_models(models: dict[str, nn.Module], settings: BenchSettings | None = 
     settings = settings or BenchSettings()
     if not models:
         raise DytuneError("no model to benchmark")
+    if settings.generation not in GENERATION_PATHS:
+        raise DytuneError(f"--generation {settings.generation!r}: choose one of {', '.join(GENERATION_PATHS)}")
     device = torch.device(settings.device)
     labels = list(models)
     vocab = min(m.config.vocab_size for m in models.values())
@@ -158,12 +207,13 @@ def bench_models(models: dict[str, nn.Module], settings: BenchSettings | None = 
     cases = [(b, n, torch.randint(10, vocab, (b, n), generator=gen).to(device))
              for b in settings.batch_sizes for n in settings.prompt_lengths]
     samples: dict = {(label, b, n): [] for label in labels for b, n, _ in cases}
+    run_once = _static_run if settings.generation == "static" else _one_run
     rounds = settings.warmup + settings.repeats
     for r in range(rounds):
         order = labels[r % len(labels):] + labels[:r % len(labels)]  # rotate who goes first
         for b, n, ids in cases:
             for label in order:
-                run = _one_run(models[label], ids, settings.new_tokens)
+                run = run_once(models[label], ids, settings.new_tokens)
                 if r >= settings.warmup:
                     samples[(label, b, n)].append(run)
         if progress:
@@ -294,7 +344,8 @@ def markdown(result: dict) -> str:
     where = m.get("gpu") or f"CPU ({m['torch_threads']} threads, {m['cpu_count']} cores)"
     s = result["settings"]
     lines.append(f"Device: {where}; torch {m['torch']}; {s['dtype']}; {s['warmup']} warm-up + {s['repeats']} "
-                 f"interleaved rounds; decode = {s['new_tokens']} greedy steps on the KV cache.\n")
+                 f"interleaved rounds; decode = {s['new_tokens']} greedy steps on the KV cache "
+                 f"({s.get('generation', 'eager')} path).\n")
     lines.append("| model | batch | prompt | prefill tok/s (median [min, max]) | decode tok/s (median [min, max]) |")
     lines.append("|---|---:|---:|---:|---:|")
     for r in result["results"]:
@@ -326,15 +377,43 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_bench(names: list[str], *, settings: BenchSettings, norm_swap: bool = False,
-              alpha_init: str = "constant:1.0", norm_micro: bool = True, compile: bool = True,
-              fused: bool = False, micro_shape: tuple[int, int] = (4, 512), min_run_time: float = 0.5,
-              micro_rounds: int = 3) -> dict:
-    """Load models by name (norm_swap: one model and its own DyT conversion) and benchmark them."""
+def study_timing(models: dict[str, nn.Module], tokenizer, questions: list[dict], *, max_new_tokens: int = 1024,
+                 progress: bool = True) -> dict:
+    """The original study's timing: per model, one batched greedy `generate` over every question (both turns
+    as one prompt, left padding), wall clock by `time.time()` around the call; models one after the other."""
+    from dytune.eval.mtbench import generate_batch
+
+    prompts = [q["turns"] for q in questions]
+    rows = []
+    for label, model in models.items():
+        start = time.time()
+        _, counts, _, capped = generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                              temperature=0.0, concat_turns=True)
+        seconds = time.time() - start
+        rows.append({"model": label, "seconds": seconds, "prompts": len(prompts), "generated_tokens": sum(counts),
+                     "tokens_per_s": sum(counts) / seconds if seconds > 0 else None, "capped": capped})
+        if progress:
+            print(f"  study timing {label}: {seconds:.2f} s, {sum(counts)} tokens", file=sys.stderr, flush=True)
+    out = {"protocol": "study", "max_new_tokens": max_new_tokens, "results": rows,
+           "machine": machine_info(str(next(next(iter(models.values())).parameters()).device))}
+    if len(rows) >= 2:
+        out["ratio_seconds"] = {r["model"]: r["seconds"] / rows[0]["seconds"] for r in rows[1:]}
+    return out
+
+
+def study_markdown(result: dict) -> str:
+    lines = [f"Study timing: one batched greedy generate over {result['results'][0]['prompts']} MT-bench prompts "
+             f"(both turns as one prompt, left padding), max_new_tokens {result['max_new_tokens']}, time.time().\n",
+             "| model | seconds | generated tokens | tokens/s |", "|---|---:|---:|---:|"]
+    for r in result["results"]:
+        lines.append(f"| {r['model']} | {r['seconds']:.2f} | {r['generated_tokens']} | {r['tokens_per_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _load_for_bench(names: list[str], settings: BenchSettings, norm_swap: bool, alpha_init: str) -> dict:
+    """Models by name; with norm_swap, one model and its own DyT conversion."""
     from dytune.models import load_model
 
-    if fused and not settings.device.startswith("cuda"):
-        liger_dyt(1, settings.device)  # fail early with the clear message
     dtype = getattr(torch, settings.dtype)
     models: dict[str, nn.Module] = {}
     for name in names:
@@ -343,14 +422,40 @@ def run_bench(names: list[str], *, settings: BenchSettings, norm_swap: bool = Fa
     if norm_swap:
         if len(names) != 1:
             raise DytuneError("--norm-swap benchmarks one model against its own DyT conversion: give one model")
-        from dytune.convert import convert
+        import dytune
 
         twin = copy.deepcopy(models[names[0]])
-        report = convert(twin, alpha_init=alpha_init)
+        dytune.convert(twin, alpha_init=alpha_init)
         twin.to(settings.device)
-        if not report.converted:
+        if not any(isinstance(m, DyT) for m in twin.modules()):
             raise DytuneError(f"--norm-swap: no norm of {names[0]} was converted to DyT")
         models[f"{names[0]}+DyT"] = twin
+    return models
+
+
+def run_study_timing(names: list[str], *, settings: BenchSettings, norm_swap: bool = False,
+                     alpha_init: str = "constant:1.0", questions_path: str | None = None,
+                     max_new_tokens: int = 1024) -> dict:
+    from dytune.eval.answers import load_questions
+    from dytune.models import load_tokenizer
+
+    questions = load_questions(questions_path)
+    models = _load_for_bench(names, settings, norm_swap, alpha_init)
+    result = study_timing(models, load_tokenizer(names[0]), questions, max_new_tokens=max_new_tokens)
+    result["settings"] = asdict(settings)
+    result["model_names"] = names
+    return result
+
+
+def run_bench(names: list[str], *, settings: BenchSettings, norm_swap: bool = False,
+              alpha_init: str = "constant:1.0", norm_micro: bool = True, compile: bool = True,
+              fused: bool = False, micro_shape: tuple[int, int] = (4, 512), min_run_time: float = 0.5,
+              micro_rounds: int = 3) -> dict:
+    """Load models by name (norm_swap: one model and its own DyT conversion) and benchmark them."""
+    if fused and not settings.device.startswith("cuda"):
+        liger_dyt(1, settings.device)  # fail early with the clear message
+    dtype = getattr(torch, settings.dtype)
+    models = _load_for_bench(names, settings, norm_swap, alpha_init)
     result = bench_models(models, settings)
     if norm_micro:
         first = next(iter(models.values()))
