@@ -215,3 +215,20 @@ def test_data_cli_shows_the_study_examples(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "«Q1\n\nA1»<|endoftext|>" in out  # every token trained but the EOS
+
+
+def test_rows_split_is_the_notebooks_train_test_split(tmp_path):
+    """`val_method: rows` holds out the rows `Dataset.train_test_split(test_size=0.05, seed=42)` holds out, as the
+    study's Alpaca and RE-WILD notebooks split; the default keeps whole conversations together instead."""
+    import datasets
+
+    rows = [{"id": f"c{i}", "messages": _pair(f"question {i}", f"answer {i}")} for i in range(200)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = DataSpec(source=str(tmp_path / "rows.jsonl"), val_fraction=0.05, val_method="rows", seed=42)
+    train, val, _ = spec.load_splits()
+    study = datasets.Dataset.from_list(rows).train_test_split(test_size=0.05, seed=42)
+    assert val["id"] == study["test"]["id"] and train["id"] == study["train"]["id"]
+    _, grouped, _ = DataSpec(source=str(tmp_path / "rows.jsonl"), val_fraction=0.05, seed=42).load_splits()
+    assert len(grouped) == 10 and set(grouped["id"]) != set(val["id"])
+    with pytest.raises(DytuneError, match="val_method must be one of conversation, rows"):
+        DataSpec(source="x", val_method="random")

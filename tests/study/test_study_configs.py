@@ -18,7 +18,8 @@ LORA = {"mode": "lora", "lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.05, "le
         "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "weight_decay": 0.01, "fp16": True, "bf16": False,
         "seed": 42, "optim": "adamw_torch", "load_best_model_at_end": True, "metric_for_best_model": "eval_loss",
         "eval_steps": 500, "save_steps": 1000, "logging_steps": 100}
-LORA_DATA = {"chat_template": "concat", "train_on": "all", "mask_eos": True, "val_fraction": 0.05, "seed": 42}
+LORA_DATA = {"chat_template": "concat", "train_on": "all", "mask_eos": True, "val_fraction": 0.05, "val_method": "rows",
+             "seed": 42}
 TRL_SFT = {"mode": "full", "learning_rate": 2e-5, "lr_scheduler_type": "linear", "warmup_steps": 0,
            "weight_decay": 0.0, "num_train_epochs": 3, "per_device_train_batch_size": 8, "fp16": False,
            "bf16": False, "seed": 42, "load_best_model_at_end": False, "save_strategy": "epoch"}

@@ -26,6 +26,7 @@ class DataSpec:
     format: str | None = None
     max_samples: int | None = None
     val_fraction: float = 0.05
+    val_method: str = "conversation"  # or "rows": datasets' train_test_split, as the original study (split.py)
     val_source: str | list | dict | None = None
     max_length: int = 1024
     train_on: str = "assistant"
@@ -47,7 +48,10 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         from dytune.data.formats import TURNS
+        from dytune.data.split import SPLIT_METHODS
 
+        if self.val_method not in SPLIT_METHODS:
+            raise DytuneError(f"data.val_method must be one of {', '.join(SPLIT_METHODS)}, got {self.val_method!r}")
         if self.turns not in TURNS:
             raise DytuneError(f"data.turns must be one of {', '.join(TURNS)}, got {self.turns!r}")
         if self.train_on not in ("assistant", "all"):
@@ -91,7 +95,7 @@ class DataSpec:
 
         convs, report = self.load()
         if self.val_source is None:
-            train, val = split_train_val(convs, self.val_fraction, self.seed, report=report)
+            train, val = split_train_val(convs, self.val_fraction, self.seed, report=report, method=self.val_method)
             return train, val, report
         val, val_report = load_conversations(self.val_source, **self._load_kwargs(self.val_split or self.split))
         for src in val_report.sources:

@@ -10,6 +10,10 @@ takes only groups of at most a quarter of that target: a bigger group stays in t
 and keeps one long chat from dominating validation. When such groups cannot fill the target, the shared
 prefixes are a naming scheme, not chunks (FastChat's sample names 500 separate conversations `identity_0`
 ... `identity_499`), and the records are split one by one (with a note in the report).
+
+`method="rows"` is `datasets.Dataset.train_test_split(test_size=val_fraction, seed=seed)` instead, the split the
+original DyT study's notebooks made: a seeded permutation of the rows, ceil(fraction x n) of them held out, no
+grouping (so the same rows as the study's whenever the same rows come in the same order).
 """
 
 from __future__ import annotations
@@ -44,14 +48,25 @@ def _pick(groups: dict[str, list[int]], target: int, seed: int) -> list[int] | N
     return chosen
 
 
-def split_train_val(convs: Any, val_fraction: float = 0.05, seed: int = 0, *, report: Any = None
-                    ) -> tuple[Any, Any]:
-    """Split a conversations dataset into (train, validation) with no conversation on both sides."""
+SPLIT_METHODS = ("conversation", "rows")
+
+
+def split_train_val(convs: Any, val_fraction: float = 0.05, seed: int = 0, *, report: Any = None,
+                    method: str = "conversation") -> tuple[Any, Any]:
+    """Split a conversations dataset into (train, validation) with no conversation on both sides (or, with
+    `method="rows"`, as `datasets`' train_test_split does)."""
     if not 0 <= val_fraction < 1:
         raise DytuneError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if method not in SPLIT_METHODS:
+        raise DytuneError(f"the validation split method must be one of {', '.join(SPLIT_METHODS)}, got {method!r}")
     n = len(convs)
     if val_fraction == 0 or n == 0:
         return convs, convs.select([])
+    if method == "rows":
+        if n < 2:
+            raise DytuneError("cannot split a single conversation into train and validation: pass val_fraction=0")
+        parts = convs.train_test_split(test_size=val_fraction, seed=seed)
+        return parts["train"], parts["test"]
     if n < 2:
         raise DytuneError("cannot split a single conversation into train and validation: pass val_fraction=0")
     ids = convs["id"]
