@@ -20,7 +20,9 @@ Keys: `source` (required), `weight`, `format`, `field_map`, `role_map`, `clean`,
 (see formats.py), `split`, `revision`, `data_files`, `name` (the Hub dataset's configuration), and the row
 selection `shuffle_seed` / `skip` / `take`: the source's rows are shuffled as `datasets.Dataset.shuffle(seed=)`
 does (local files with the same NumPy permutation), then rows [skip, skip + take) are kept, before any record
-is normalised, so the same seed picks the same rows as a `datasets` pipeline would. `max_samples` then draws a seeded random subset of the mix, kept in source order.
+is normalised, so the same seed picks the same rows as a `datasets` pipeline would.
+
+`max_samples` then draws a seeded random subset of the mix, kept in source order.
 With `streaming=True` reading stops once `max_samples` conversations are kept from a source (a Hub stream is
 first shuffled with a 10,000-record buffer, so the draw is approximately random; local files give their first
 ones).
@@ -80,7 +82,12 @@ class SourceItem:
         return any(self.options.get(k) is not None for k in ("shuffle_seed", "skip", "take"))
 
 
-def _source_mapping(item: Mapping[str, Any]) -> SourceItem:
+def _check_weight(spec: str, weight: float) -> None:
+    if not (weight > 0 and math.isfinite(weight)):
+        raise DytuneError(f"weight of {spec!r} is {weight}: a weight must be a positive number")
+
+
+def _mapped_item(item: Mapping[str, Any]) -> SourceItem:
     unknown = sorted(set(item) - set(SOURCE_KEYS))
     if unknown:
         raise DytuneError(f"unknown setting(s) {unknown} in data source {dict(item)!r}: a source mapping takes "
@@ -96,48 +103,34 @@ def _source_mapping(item: Mapping[str, Any]) -> SourceItem:
             raise DytuneError(f"{key} of {item['source']!r} must be a whole number"
                               + (" of at least 1" if key == "take" else " >= 0") + f", got {value!r}")
     weight = float(item.get("weight", 1.0))
-    if not (weight > 0 and math.isfinite(weight)):
-        raise DytuneError(f"weight of {item['source']!r} is {weight}: a weight must be a positive number")
+    _check_weight(str(item["source"]), weight)
     return SourceItem(str(item["source"]), weight, options)
 
 
-def parse_source_items(source: str | Path | Sequence[Any]) -> list[SourceItem]:
+def _plain_item(item: Any) -> SourceItem:
+    """`"a.json"`, `"a.json:2"` or `("a.json", 2.0)`."""
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        spec, weight = str(item[0]), float(item[1])
+    else:
+        spec, weight = str(item), 1.0
+        m = _WEIGHT.match(spec)
+        if m and not Path(spec).exists():
+            spec, weight = m.group("src"), float(m.group("w"))
+    _check_weight(spec, weight)
+    return SourceItem(spec, weight)
+
+
+def parse_source_items(source: str | Path | Mapping | Sequence[Any]) -> list[SourceItem]:
     """Every entry of a source (a string, `path:weight`, `(path, weight)` or a mapping) as a `SourceItem`."""
     items = [source] if isinstance(source, (str, Path, Mapping)) else list(source)
     if not items:
         raise DytuneError("no data source given: pass a file, folder, glob or Hub dataset id")
-    out = []
-    for item in items:
-        if isinstance(item, Mapping):
-            out.append(_source_mapping(item))
-        else:
-            spec, weight = parse_sources([item])[0]
-            out.append(SourceItem(spec, weight))
-    return out
+    return [_mapped_item(item) if isinstance(item, Mapping) else _plain_item(item) for item in items]
 
 
-def parse_sources(source: str | Path | Sequence[Any]) -> list[tuple[str, float]]:
+def parse_sources(source: str | Path | Mapping | Sequence[Any]) -> list[tuple[str, float]]:
     """`"a.json"`, `["a.json:2", "b.jsonl"]` or `[("a.json", 2.0), ...]` -> [(spec, weight)]."""
-    items = [source] if isinstance(source, (str, Path)) else list(source)
-    if not items:
-        raise DytuneError("no data source given: pass a file, folder, glob or Hub dataset id")
-    out = []
-    for item in items:
-        if isinstance(item, Mapping):
-            mapped = _source_mapping(item)
-            out.append((mapped.spec, mapped.weight))
-            continue
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            spec, weight = str(item[0]), float(item[1])
-        else:
-            spec, weight = str(item), 1.0
-            m = _WEIGHT.match(spec)
-            if m and not Path(spec).exists():
-                spec, weight = m.group("src"), float(m.group("w"))
-        if not (weight > 0 and math.isfinite(weight)):
-            raise DytuneError(f"weight of {spec!r} is {weight}: a weight must be a positive number")
-        out.append((spec, weight))
-    return out
+    return [(item.spec, item.weight) for item in parse_source_items(source)]
 
 
 def _data_files_in(folder: Path) -> list[Path]:
