@@ -81,7 +81,6 @@ _BINARY_READ = "reading a binary file raises UnicodeDecodeError (a traceback) in
 KNOWN = {
     **{f"train-{bad}": _RUN_DIR for bad in BAD_MODELS},
     **{f"train-data-{bad}": _RUN_DIR for bad in BAD_DATA},
-    "train-alpha-abc": "alpha_init is parsed only after the data is tokenized; " + _RUN_DIR,
     "train-config-empty.yaml": "an empty config file is read as 'no training data' and " + _RUN_DIR,
     "train-config-binary.yaml": "train config: " + _BINARY_READ,
     "sweep-empty.yaml": "an empty sweep file expands to one run without data, which is started and fails "
