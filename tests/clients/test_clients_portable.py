@@ -41,6 +41,9 @@ def test_portable_directory_has_its_code_and_auto_map(portable_dirs):
 
 
 def test_loads_exactly_where_dytune_is_not_installed(portable_dirs, tmp_path):
+    llama = str(portable_dirs["llama"] / "dyt")
+    with torch.no_grad():  # bf16 as dytune loads it: DyT stays float32, the rest bf16
+        torch.save(dytune.load(llama, dtype=torch.bfloat16)(IDS).logits, tmp_path / "bf16.pt")
     stdout, stderr = run_without_dytune(f"""
         import json, torch
         try:
@@ -66,6 +69,11 @@ def test_loads_exactly_where_dytune_is_not_installed(portable_dirs, tmp_path):
                 "logits_equal": torch.equal(logits, ref["logits"]), "n_dyt": len(dyt),
                 "tokenizer": AutoTokenizer.from_pretrained(root + "/dyt", trust_remote_code=True).decode([5, 9]) != "",
             }}))
+        bf16 = AutoModelForCausalLM.from_pretrained({llama!r}, trust_remote_code=True, dtype=torch.bfloat16)
+        dyt_dtypes = {{str(p.dtype) for m in bf16.modules() if type(m).__name__ == "DyT" for p in m.parameters()}}
+        with torch.no_grad():
+            same = torch.equal(bf16(torch.tensor({IDS.tolist()})).logits, torch.load({str(tmp_path / "bf16.pt")!r}))
+        print("BF16", sorted(dyt_dtypes), str(bf16.get_input_embeddings().weight.dtype), same)
     """, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert "DYTUNE IMPORTABLE" not in stdout
     rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
@@ -75,6 +83,7 @@ def test_loads_exactly_where_dytune_is_not_installed(portable_dirs, tmp_path):
         assert row["class"].startswith("DyT") and row["n_dyt"] > 0, row
         assert row["info"] == {} and row["same_keys"] and row["unequal"] == [], row
         assert row["logits_equal"] and row["tokenizer"], row
+    assert "BF16 ['torch.float32'] torch.bfloat16 True" in stdout
     assert "newly initialized" not in stderr and "UNEXPECTED" not in stderr and "model of type" not in stderr
 
 
