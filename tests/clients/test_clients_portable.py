@@ -127,3 +127,35 @@ def test_portable_needs_a_dyt_model(tmp_path):
     with pytest.raises(dytune.DytuneError, match="no DyT layers"):
         dytune.save(tiny_model("llama"), tmp_path / "out", portable=True)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_embedded_smollm2_shared_portable_loads_without_dytune(tmp_path):
+    """The real 135M checkpoint: converted, saved portable, loaded where dytune is not installed; exact against
+    dytune's reference DyT kernel (the portable code's formula). dytune's default kernel on inputs this long is
+    the fused one, within 2e-7 per layer, which 30 layers of an unrecovered conversion amplify (docs/compatibility.md)."""
+    from dytune.dyt import set_kernel
+
+    model, tokenizer = dytune.load("smollm2-135m"), dytune.load_tokenizer("smollm2-135m")
+    dytune.convert(model, alpha_init="paper")
+    dytune.save(model, tmp_path / "dyt", tokenizer, portable=True)
+    text = "The capital of France is Paris. Dynamic Tanh replaces the norms. " * 3
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    previous = set_kernel("reference")
+    try:
+        with torch.no_grad():
+            reference = model(ids).logits
+    finally:
+        set_kernel(previous)
+    torch.save(reference, tmp_path / "reference.pt")
+    stdout, _ = run_without_dytune(f"""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'dyt')!r}, trust_remote_code=True)
+        ids = AutoTokenizer.from_pretrained({str(tmp_path / 'dyt')!r}, trust_remote_code=True)(
+            {text!r}, return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits = model(ids).logits
+        print("EXACT", torch.equal(logits, torch.load({str(tmp_path / 'reference.pt')!r})))
+    """, timeout=600, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert "EXACT True" in stdout
