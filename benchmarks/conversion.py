@@ -51,12 +51,14 @@ ARMS: dict[str, dict] = {
 
 
 def _texts(tokenizer, lo: int, hi: int) -> list[str]:  # noqa: ANN001
+    from dytune.conversion.calibration_data import render_chat
+
     records = json.loads(ALPACA.read_text())[lo:hi]
     texts = []
     for r in records:
         user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        texts.append(tokenizer.apply_chat_template([{"role": "user", "content": user},
-                                                    {"role": "assistant", "content": r["output"]}], tokenize=False))
+        texts.append(render_chat([{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}],
+                                 tokenizer))
     return texts
 
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = dict(ARMS[name])
         records = settings.pop("calibration_records", None)  # more calibration text than the default 64 records
         texts = _texts(tokenizer, CALIBRATION[0], records) if records else calibration
-        report = dytune.convert(model, tokenizer=tokenizer, calibration=texts, progress=False, **settings)
+        report = dytune.convert(model, tokenizer=tokenizer, calibration=texts, progress=False, **settings).report
         seconds = time.perf_counter() - start
         ce, _ = heldout_ce(model, tokenizer, heldout)
         alphas = [layer.alpha for layer in report.converted]

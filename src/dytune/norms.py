@@ -21,12 +21,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dytune._blocks import find_blocks as _find_blocks
+from dytune._blocks import layer_index as _layer_index
+from dytune.conversion.config import ALL_KINDS, DEFAULT_KINDS  # noqa: F401 - re-exported
 from dytune.dyt import DyT
 from dytune.errors import DytuneError
 
 NormKind = Literal["attn", "ffn", "post", "final", "embed", "qk", "inner"]
-ALL_KINDS: tuple[str, ...] = ("attn", "ffn", "post", "final", "embed", "qk", "inner")
-DEFAULT_KINDS: tuple[str, ...] = ("attn", "ffn", "post", "final", "embed")
 
 _ATTN_WORDS = ("attn", "attention")
 _MLP_WORDS = ("mlp", "feed_forward", "ffn", "moe")
@@ -116,16 +117,6 @@ def _probe(module: nn.Module) -> tuple[str, float, int] | None:
     return None
 
 
-def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ModuleList of decoder blocks: the one with `num_hidden_layers` entries (else the longest)."""
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if not lists:
-        raise DytuneError(f"{type(model).__name__} has no list of transformer blocks (nn.ModuleList)")
-    exact = [item for item in lists if len(item[1]) == n_layers]
-    return (exact or sorted(lists, key=lambda item: len(item[1])))[-1 if not exact else 0]
-
-
 def _sublayer_role(child_name: str) -> str | None:
     low = child_name.lower()
     if any(w in low for w in _ATTN_WORDS):
@@ -177,13 +168,6 @@ def find_norms(model: nn.Module, *, strict: bool = True) -> list[NormSite]:
                               hidden_size=hidden, weight_offset=offset,
                               has_bias=isinstance(getattr(module, "bias", None), torch.Tensor), eps=_eps_of(module)))
     return sites
-
-
-def _layer_index(name: str, blocks_prefix: str) -> int | None:
-    prefix = blocks_prefix + "."
-    if not name.startswith(prefix):
-        return None
-    return int(name[len(prefix):].split(".")[0])
 
 
 def _trace(model: nn.Module, norm_names: dict) -> dict:

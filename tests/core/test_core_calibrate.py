@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import dytune
-from dytune.calibrate import _sink_weights, fit_alpha
+from dytune.conversion.init.calibrate import _sink_weights, fit_alpha
 from dytune.errors import DytuneError
 from dytune.norms import find_norms
-from dytune.refit import affine_fit, find_consumers, logit_metric_affine
+from dytune.conversion.init.refit import affine_fit, find_consumers, logit_metric_affine
 from dytune.testing import run_in_fresh_process, tiny_model, tiny_tokenizer
 
 TEXTS = [f"The quick brown fox number {i} jumps over the lazy dog, again and again." for i in range(24)]
@@ -60,7 +60,7 @@ def test_fit_alpha_recovers_known_alpha_with_and_without_affine_refit(monkeypatc
     result = fit_alpha(x, site, target=new_gamma * torch.tanh(0.3 * x), refit_affine=True)
     assert abs(float(result.alpha) - 0.3) < 1e-3 and result.rel_error < 1e-6 and result.beta is None  # RMSNorm
     torch.testing.assert_close(result.gamma, new_gamma, atol=1e-3, rtol=1e-3)
-    monkeypatch.setattr("dytune.calibrate.REFIT_ADDS_BIAS", True)  # the opt-in fitted offset
+    monkeypatch.setattr("dytune.conversion.init.calibrate.REFIT_ADDS_BIAS", True)  # the opt-in fitted offset
     result = fit_alpha(x, site, target=new_gamma * torch.tanh(0.3 * x) + 0.1, refit_affine=True)
     assert abs(float(result.alpha) - 0.3) < 1e-3 and result.rel_error < 1e-6
     torch.testing.assert_close(result.beta, torch.full_like(new_gamma, 0.1), atol=1e-3, rtol=1e-3)
@@ -119,7 +119,7 @@ def test_refit_none_copies_gamma_exactly_and_linear_refit_cannot_be_reverted():
     assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight, q)  # the map was folded in
     with pytest.raises(DytuneError, match="refit='linear'"):
         dytune.revert(model)
-    with pytest.raises(ValueError, match="needs calibration_method='sequential'"):
+    with pytest.raises(DytuneError, match="linear needs calibration_method sequential"):
         dytune.convert(tiny_model("llama"), tokenizer=tiny_tokenizer(), calibration_refit="linear",
                        calibration_method="parallel", progress=False)
 
@@ -161,7 +161,7 @@ def test_refit_ridge_shrinks_the_folded_maps_or_pulls_them_to_the_original_and_i
     with pytest.raises(DytuneError, match="refit_ridge must be >= 0"):
         dytune.convert(tiny_model("llama"), tokenizer=tok, calibration_refit="linear", refit_ridge=-1.0,
                        progress=False)
-    with pytest.raises(ValueError, match="unknown ridge_to 'one'"):
+    with pytest.raises(DytuneError, match="refit_ridge_to must be one of zero, original, got 'one'"):
         dytune.convert(tiny_model("llama"), tokenizer=tok, calibration=TEXTS[:16], calibration_refit="linear",
                        refit_ridge_to="one", progress=False)
 

@@ -34,7 +34,7 @@ def test_convert_cli_prints_report_and_saves(tiny_dir, tmp_path, capsys, shared_
 def test_convert_cli_linear_refit_ridge_flags_reach_the_saved_model(tiny_dir, tmp_path, shared_data):
     out = tmp_path / "dyt"
     assert main(["convert", str(tiny_dir), str(out), "--calibration", str(shared_data / "alpaca_sample.json"),
-                 "--calibration-samples", "8", "--refit", "linear", "--refit-ridge", "0.5",
+                 "--calibration-samples", "8", "--calibration-refit", "linear", "--refit_ridge", "0.5",
                  "--refit-ridge-to", "original"]) == 0
     dyt = dytune.load(str(out)).config.dyt
     assert (dyt["refit"], dyt["refit_ridge"], dyt["refit_ridge_to"]) == ("linear", 0.5, "original")
@@ -71,3 +71,54 @@ def test_offline_hub_id_fails_fast_and_clearly(monkeypatch, tmp_path):
     with pytest.raises(dytune.DytuneError, match="not in the local Hugging Face cache"):
         dytune.load_model("some-org/not-cached-model")
     assert time.time() - start < 10
+
+
+def test_import_of_the_cli_loads_no_torch_and_help_answers():
+    import subprocess
+    import sys
+
+    code = ("import sys, dytune.cli; assert 'torch' not in sys.modules, 'torch'; "
+            "dytune.cli.build_parser(); assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_both_flag_spellings_parse():
+    from dytune.cli import build_parser, normalise_spellings
+    from dytune.train.config import parse_config
+
+    parser = build_parser()
+    for flag in ("--max_new_tokens", "--max-new-tokens"):
+        args = parser.parse_args(normalise_spellings(parser, ["answer", "model", "--out", "a.jsonl", flag, "8"]))
+        assert args.max_new_tokens == 8
+    for flag in ("--max-steps", "--max_steps"):
+        args = parser.parse_args(normalise_spellings(parser, ["train", flag, "1"]))
+        assert parse_config(args.config, args.extra).max_steps == 1
+    args = parser.parse_args(normalise_spellings(parser, ["convert", "a", "b", "--sink_weight=30", "--per_channel"]))
+    assert (args.sink_weight, args.per_channel) == (30.0, True)
+    with pytest.raises(SystemExit):  # a flag no command has stays an error
+        parser.parse_args(normalise_spellings(parser, ["convert", "a", "b", "--no_such_flag", "1"]))
+
+
+def test_every_convert_flag_is_a_convert_config_field_accepted_by_train():
+    from dataclasses import fields
+
+    from dytune.cli import build_parser
+    from dytune.conversion.config import ConvertConfig
+    from dytune.train.config import parse_config
+
+    convert = build_parser()._subparsers._group_actions[0].choices["convert"]
+    options = {a.dest: a for a in convert._actions if a.option_strings}
+    assert set(options) - {f.name for f in fields(ConvertConfig)} == {"help", "overwrite", "trust_remote_code"}
+    assert {f.name for f in fields(ConvertConfig)} <= set(options)
+    given = {"alpha_init": "paper", "norms": "attn,final", "per_channel": "true", "keep_affine": "false",
+             "calibration": "data.json", "calibration_samples": "7", "calibration_max_length": "99",
+             "calibration_max_tokens": "123", "calibration_method": "parallel", "calibration_refit": "none",
+             "sink_weight": "3.5", "refit_ridge": "0.25", "refit_ridge_to": "original"}
+    assert set(given) == {f.name for f in fields(ConvertConfig)}
+    argv = [x for name, value in given.items() for x in (options[name].option_strings[0], value)]
+    from_cli = ConvertConfig.from_object(convert.parse_args(["src", "out", *argv]))
+    from_train = parse_config(None, argv).convert_config()
+    assert from_cli == from_train
+    assert (from_cli.per_channel, from_cli.keep_affine, from_cli.calibration_max_tokens) == (True, False, 123)
+    assert from_cli != ConvertConfig()  # every value above differs from its default
+    assert all(getattr(from_cli, f.name) != f.default for f in fields(ConvertConfig))

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import dytune
-from dytune.convert import paper_alpha, parse_kinds
+from dytune.conversion.config import parse_kinds
+from dytune.conversion.init.fixed import paper_alpha
 from dytune.dyt import DyT
 from dytune.errors import DytuneError
 from dytune.norms import find_norms

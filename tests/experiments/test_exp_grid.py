@@ -46,6 +46,19 @@ def test_dyt_only_keys_share_one_layernorm_twin(tmp_path):
     assert twin_of(dyt, grid.runs) is ln
 
 
+def test_a_sweep_over_conversion_and_dyt_training_keys_trains_one_layernorm_twin(tmp_path):
+    # every ConvertConfig field and every TrainConfig field marked DyT-only: the LayerNorm twin ignores them
+    spec = {"base": {"alpha_init": "calibrated"},
+            "grid": [{"norm": ["layernorm", "dyt"], "calibration_refit": ["none", "affine"]},
+                     {"norm": ["layernorm", "dyt"], "sink_weight": [1.0, 30.0], "refit_ridge": [0.001, 0.1],
+                      "alpha_lr_relative": [True], "removal_order": ["depth"]}]}
+    grid = expand_grid(spec, tmp_path)
+    layernorm = [r for r in grid.runs if r.norm == "layernorm"]
+    assert len(layernorm) == 1 and len(grid.runs) == 1 + 2 + 4, names(grid)
+    assert not {"alpha_init", "calibration_refit", "sink_weight", "refit_ridge"} & set(layernorm[0].config)
+    assert all(twin_of(r, grid.runs) is layernorm[0] for r in grid.runs if r.norm == "dyt")
+
+
 def test_recipes_and_layernorm_twins(tmp_path):
     spec = {"grid": {"norm": ["layernorm", "dyt"], "recipe": ["dytune", "original-study"]}}
     grid = expand_grid(spec, tmp_path)

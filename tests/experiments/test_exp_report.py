@@ -42,9 +42,9 @@ def write_run(root, name, *, model="EleutherAI/pythia-70m", norm="dyt", data="al
                                      "eval_perplexity": math.exp(val)}))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"step\": 41, \"lo")  # torn last line
     if finished:
-        (run / "summary.json").write_text(json.dumps({"val_loss": val, "val_perplexity": math.exp(val),
-                                                      "tokens_per_s": 900.0, "global_step": steps,
-                                                      "num_parameters": SIZES.get(model)}))
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "global_step": steps,
+                                                      "final_eval": {"eval_loss": val, "eval_ppl": math.exp(val)},
+                                                      "tokens_per_second": 900.0, "num_parameters": SIZES.get(model)}))
     if error:
         (run / "error.txt").write_text(error)
     return run
@@ -79,7 +79,7 @@ def test_canonical_metric_spellings():
 def test_load_run_reads_config_metrics_summary(tmp_path):
     run = load_run(write_run(tmp_path, "r", config_name="config.yaml"))
     assert run.params["model"] == "pythia-70m" and run.norm == "dyt" and run.dataset == "alpaca"
-    assert run.finished and run.val_loss == pytest.approx(json.loads((run.path / "summary.json").read_text())["val_loss"])
+    assert run.finished and run.val_loss == pytest.approx(json.loads((run.path / "summary.json").read_text())["final_eval"]["eval_loss"])
     steps, losses = run.series("train_loss")
     assert len(steps) == 40 and steps[0] == 1  # the torn last line is skipped
     assert len(run.alpha_series()) == 4

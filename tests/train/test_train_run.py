@@ -70,6 +70,28 @@ def test_full_mode_distillation_and_layernorm_twin(quick, tmp_path) -> None:
     assert all("hidden_mse" in r for r in rows)
     plain = dytune.load(str(tmp_path / "ln" / "final"))
     assert type(plain).__name__ == "LlamaForCausalLM" and not twin["alpha"]
+    card = (tmp_path / "ln" / "final" / "README.md").read_text()  # the twin says what it is
+    assert "(LayerNorm baseline)" in card and "Dynamic Tanh layers" in card and "Converted norm layers" not in card
+    assert f"{twin['train_tokens']} tokens, {twin['global_step']} steps" in card
+    dyt_card = (tmp_path / "dyt" / "final" / "README.md").read_text()
+    assert "replaced by Dynamic Tanh" in dyt_card and "Converted norm layers: 5" in dyt_card
+
+
+def test_max_train_tokens_stops_at_the_end_of_the_step_that_reaches_it(quick, tmp_path) -> None:
+    summary = train(quick(max_steps=50, max_train_tokens=400, output_dir=str(tmp_path / "t"), eval_strategy="no"))
+    seen = [r["num_input_tokens_seen"] for r in read_metrics(tmp_path / "t" / "metrics.jsonl") if "loss" in r]
+    assert len(seen) == summary["global_step"] > 1 and summary["global_step"] < 50
+    assert seen[-2] < 400 <= seen[-1] == summary["train_tokens"]  # stopped after the first step that reached it
+
+
+def test_read_metrics_and_truncate_survive_a_torn_last_line(tmp_path) -> None:
+    from dytune.train.callbacks import MetricsJsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')  # killed mid-write
+    assert read_metrics(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    MetricsJsonl.truncate_after(path, 1)
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
 
 
 def test_dyt_only_trains_nothing_else(quick, tiny_dir, tmp_path) -> None:

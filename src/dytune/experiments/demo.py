@@ -193,10 +193,6 @@ def held_out_ce(model, tokens, pad_id: int, desc: str, batch_size: int = 8) -> t
     return nll / n, n
 
 
-def _render(messages: list[dict], tokenizer) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False)
-
-
 def _answers(model_path: str, label: str, out: Path, settings: DemoSettings, questions_path: Path) -> Path:
     from dytune.eval.mtbench import GenerationSettings, answer_questions
 
@@ -259,13 +255,14 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
 
     # 3. convert -----------------------------------------------------------------------------------------------
     bar.set_postfix_str("convert to DyT")
-    from dytune.convert import convert
+    from dytune.conversion import ConvertConfig, convert
+    from dytune.conversion.calibration_data import render_chat
     from dytune.saving import save
 
-    texts = [_render(m, tokenizer) for m in train.select(range(min(settings.calibration_texts, len(train))))["messages"]]
-    report = convert(model, tokenizer=tokenizer, calibration=texts, calibration_max_length=settings.max_length,
-                     calibration_max_tokens=settings.calibration_tokens, calibration_refit=settings.calibration_refit)
-    model.config.dyt["source"] = settings.model
+    texts = [render_chat(m, tokenizer) for m in train.select(range(min(settings.calibration_texts, len(train))))["messages"]]
+    recipe = ConvertConfig(calibration_max_length=settings.max_length, calibration_max_tokens=settings.calibration_tokens,
+                           calibration_refit=settings.calibration_refit)
+    report = convert(model, recipe, tokenizer=tokenizer, calibration=texts, source=settings.model).report
     converted_dir = save(model, out / "converted", tokenizer, overwrite=True,
                          extra_files={"conversion_report.json": report.to_dict()})
     ce_before, _ = held_out_ce(model, held_tok, pad, "held-out CE, DyT before recovery")

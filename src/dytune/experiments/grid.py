@@ -56,9 +56,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # distillation
     "original-study": {"norm": "dyt", "alpha_init": "constant:0.5", "keep_affine": False, "mode": "lora",
                        "distill": False},
-    # dytune's default: calibrated alpha, gamma/beta kept, DyT trained with the adapters, distillation from
-    # the original model
-    "dytune": {"norm": "dyt", "alpha_init": "calibrated", "keep_affine": True, "mode": "lora+dyt", "distill": True},
+    # dytune's training recipe: calibrated alpha, gamma/beta kept exactly (no affine refit: training from it
+    # diverges, docs/conversion.md), DyT trained with the adapters, distillation from the original model
+    "dytune": {"norm": "dyt", "alpha_init": "calibrated", "calibration_refit": "none", "keep_affine": True,
+               "mode": "lora+dyt", "distill": True},
 }
 SWEEP_KEYS = {"name", "output_dir", "base", "datasets", "models", "grid", "exclude", "steps", "eval", "answers",
               "judge", "bench", "launcher"}

@@ -37,7 +37,7 @@ def _fmt_rate(value: float | None) -> str:
 
 
 def _steps(run: Run) -> int | None:
-    value = (run.summary or {}).get("global_step") or (run.summary or {}).get("steps")
+    value = run.summary.global_step if run.summary and run.summary.global_step else None
     if value is None:
         steps = [r["step"] for r in run.metrics if "step" in r]
         value = max(steps) if steps else None
@@ -73,7 +73,7 @@ def final_rows(runs: list[Run]) -> list[dict]:
 
 def _status(run: Run) -> str:
     sweep_status = (run.sweep or {}).get("status")
-    stopped = str((run.summary or {}).get("status", "completed")) != "completed"
+    stopped = run.summary is not None and not run.summary.finished
     if run.error or sweep_status == "failed" or stopped:
         return "failed"
     return "finished" if run.finished else "unfinished"
@@ -221,7 +221,7 @@ def _runs_sections(doc: Document, runs: list[Run], rows: list[dict], head: dict,
         doc.heading("Failed and unfinished runs")
         items = []
         for run in problems:
-            message = ((run.sweep or {}).get("error") or run.error or (run.summary or {}).get("error")
+            message = ((run.sweep or {}).get("error") or run.error or (run.summary.error if run.summary else None)
                        or "no summary.json (interrupted or running)")
             items.append(f"`{run.name}` ({_status(run)}): {message.strip().splitlines()[-1][:300]}")
         doc.bullets(items)

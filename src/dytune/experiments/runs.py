@@ -23,7 +23,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from dytune._jsonio import read_json, read_jsonl
 from dytune.errors import DytuneError
+from dytune.train.summary import RunSummary
 
 CONFIG_FILES = ("config.yaml", "config.yml", "config.json", "train_config.yaml", "train_config.json",
                 "resolved_config.yaml", "resolved_config.json")
@@ -42,17 +44,29 @@ _VAL_KEYS = {
     "val_ppl": ("val_perplexity", "eval_perplexity", "eval/perplexity", "val/perplexity", "val_ppl", "eval_ppl",
                 "perplexity"),
 }
-# TrainConfig keys that only mean something for a DyT run: a LayerNorm twin ignores them, so sweeps share one
-# LayerNorm run among DyT runs that differ only in these, and the report pairs them with it.
-DYT_ONLY_KEYS = frozenset({
-    "norm", "recipe", "alpha_init", "norms", "per_channel", "keep_affine", "calibration", "calibration_samples",
-    "calibration_method", "alpha_lr_multiplier", "removal_order", "removal_groups", "removal_ramp_steps",
-    "removal_hold_steps", "removal_shape", "local_distill_steps",
-    "local_distill_lr", "local_distill_params"})
-
-
 def is_dyt_only(key: str) -> bool:
-    return key in DYT_ONLY_KEYS or key.lower().startswith("dyt")
+    """A setting a LayerNorm twin ignores (`TrainConfig` field metadata; sweeps' `recipe`; a `dyt...` key): sweeps share
+    one LayerNorm run among DyT runs that differ only in these, and reports pair them with it."""
+    from dytune.train.config import DYT_ONLY_KEYS
+
+    return key in DYT_ONLY_KEYS or key == "recipe" or key.lower().startswith("dyt")
+
+
+def twin_key(settings: dict, ignore: frozenset[str] | set[str] = frozenset()) -> str:
+    """What a DyT run and its LayerNorm twin share: every setting but the DyT-only ones (and `ignore`)."""
+    kept = {k: v for k, v in settings.items() if not is_dyt_only(k) and k not in ignore and k != "twin"}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def find_twin(settings: dict, candidates: dict[str, dict], ignore: frozenset[str] | set[str] = frozenset(),
+              ) -> str | None:
+    """The name of the LayerNorm run among `candidates` ({name: settings}) that is `settings`' twin: the one its
+    `twin:` names, else the first whose settings equal its own but for the DyT-only keys (and `ignore`)."""
+    if settings.get("twin"):
+        return settings["twin"] if settings["twin"] in candidates else None
+    key = twin_key(settings, ignore)
+    return next((name for name, other in candidates.items()
+                 if str(other.get("norm", "dyt")) == "layernorm" and twin_key(other, ignore) == key), None)
 
 
 _VAL_SPLITS = {"val", "eval", "validation"}
@@ -123,16 +137,6 @@ def canonical(record: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def read_config(path: Path) -> dict:
     """The resolved training config of a run directory ({} if none is there)."""
     for name in CONFIG_FILES:
@@ -151,22 +155,11 @@ def read_config(path: Path) -> dict:
 
 def read_metrics(path: Path) -> list[dict]:
     """Canonical records of `metrics.jsonl` (a torn last line, from an interrupted run, is skipped)."""
-    file = path / "metrics.jsonl"
-    if not file.is_file():
-        return []
     out = []
-    for line in file.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            rec = canonical(record)
-            if len(rec) > 2 or ("step" not in rec and "epoch" not in rec and rec):
-                out.append(rec)
+    for record in read_jsonl(path / "metrics.jsonl"):
+        rec = canonical(record)
+        if len(rec) > 2 or ("step" not in rec and "epoch" not in rec and rec):
+            out.append(rec)
     return out
 
 
@@ -193,7 +186,7 @@ class Run:
     config: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)  # facets: model, norm, dataset, mode, seed, + grid keys
     metrics: list[dict] = field(default_factory=list)
-    summary: dict | None = None
+    summary: RunSummary | None = None  # summary.json: written last, so None while the run has not ended
     eval: dict | None = None
     judge: dict | None = None
     bench: dict | None = None
@@ -203,7 +196,7 @@ class Run:
     @property
     def finished(self) -> bool:
         """summary.json written by a completed run (`dytune train` also writes one when it stops on a NaN)."""
-        return self.summary is not None and self.summary.get("status", "completed") == "completed"
+        return self.summary is not None and self.summary.finished
 
     @property
     def norm(self) -> str:
@@ -241,9 +234,7 @@ class Run:
     # final numbers ---------------------------------------------------------------------------------------
     @property
     def val_loss(self) -> float | None:
-        value = _num(pick(self.summary, "final_eval.eval_loss", "val_loss", "eval_loss", "final_val_loss", "val.loss",
-                          "eval.loss",
-                          "final.val_loss", "metrics.val_loss", "metrics.eval_loss"))
+        value = self.summary.val_loss if self.summary else None
         if value is None and self.eval:
             value = _num(pick(self.eval, "assistant.loss", "models.0.assistant.loss", "loss"))
             if value is None and isinstance(self.eval.get("models"), list) and self.eval["models"]:
@@ -255,17 +246,14 @@ class Run:
 
     @property
     def val_ppl(self) -> float | None:
-        value = _num(pick(self.summary, "final_eval.eval_ppl", "final_eval.eval_perplexity", "val_perplexity",
-                          "eval_perplexity", "perplexity", "val.perplexity",
-                          "eval.perplexity", "final.val_perplexity", "metrics.val_perplexity"))
+        value = self.summary.val_ppl if self.summary else None
         if value is None and (loss := self.val_loss) is not None and loss < 50:
             value = math.exp(loss)
         return value
 
     @property
     def tokens_per_s(self) -> float | None:
-        value = _num(pick(self.summary, "tokens_per_s", "train_tokens_per_second", "tokens_per_second",
-                          "train.tokens_per_s", "metrics.tokens_per_s"))
+        value = self.summary.tokens_per_second if self.summary else None
         if value is None:
             _, ys = self.series("tokens_per_s")
             value = sum(ys) / len(ys) if ys else None
@@ -293,11 +281,8 @@ class Run:
 
     @cached_property
     def parameters(self) -> float | None:
-        value = _num(pick(self.summary, "num_parameters", "parameters", "n_params", "total_params",
-                          "model_parameters", "params.total"))
-        if value is None:
-            value = _param_count(self)
-        return value
+        counted = self.summary.num_parameters if self.summary else None
+        return float(counted) if counted else _param_count(self)
 
 
 def _param_count(run: Run) -> float | None:
@@ -330,7 +315,7 @@ def _facets(path: Path, config: dict, sweep: dict | None) -> dict:
     source = pick(data, "source") if isinstance(data, dict) else data
     norm = params.get("norm") or config.get("norm")
     if norm is None:  # a run without a config: look at what it saved
-        final = _read_json(path / "final" / "config.json") or {}
+        final = read_json(path / "final" / "config.json") or {}
         norm = "dyt" if final.get("model_type") == "dytune" or "dyt" in final else "layernorm"
     out = {
         "model": short_name(params.get("model", model or "?")),
@@ -353,7 +338,7 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise DytuneError(f"run directory not found: {path}")
     config = read_config(path)
-    sweep = _read_json(path / "sweep_run.json")
+    sweep = read_json(path / "sweep_run.json")
     sweep_config = path.parent / "configs" / f"{path.name}.yaml"
     if not config and sweep is not None and sweep_config.is_file():  # a sweep run that failed before writing one
         import yaml
@@ -362,8 +347,8 @@ def load_run(path: str | Path) -> Run:
     error = (path / "error.txt").read_text(errors="replace").strip() if (path / "error.txt").is_file() else None
     run = Run(path=path, name=(sweep or {}).get("name") or path.name, config=config,
               params=_facets(path, config, sweep), metrics=read_metrics(path),
-              summary=_read_json(path / "summary.json"), eval=_read_json(path / "eval.json"),
-              judge=_read_json(path / "judge.json"), bench=_read_json(path / "bench.json"), sweep=sweep,
+              summary=RunSummary.read(path), eval=read_json(path / "eval.json"),
+              judge=read_json(path / "judge.json"), bench=read_json(path / "bench.json"), sweep=sweep,
               error=error)
     return run
 
@@ -411,16 +396,16 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
-def pair_key(run: Run) -> tuple:
-    """What a DyT run and its LayerNorm twin share: every facet but the norm and DyT-only settings."""
-    items = {k: v for k, v in run.params.items() if not is_dyt_only(k)}
-    return tuple(sorted((k, str(v)) for k, v in items.items()))
+def _facet_settings(run: Run) -> dict:
+    return {k: str(v) for k, v in run.params.items()}
 
 
 def twins(runs: list[Run]) -> dict[str, Run]:
-    """{DyT run name: its LayerNorm twin} (a LayerNorm run with the same pair_key)."""
-    ln = {}
+    """{DyT run name: its LayerNorm twin} (`find_twin` over the runs' facets)."""
+    by_name = {run.name: run for run in runs}
+    candidates = {run.name: _facet_settings(run) for run in runs if run.norm == "layernorm"}
+    out = {}
     for run in runs:
-        if run.norm == "layernorm":
-            ln.setdefault(pair_key(run), run)
-    return {run.name: ln[pair_key(run)] for run in runs if run.norm == "dyt" and pair_key(run) in ln}
+        if run.norm == "dyt" and (twin := find_twin(_facet_settings(run), candidates)) is not None:
+            out[run.name] = by_name[twin]
+    return out

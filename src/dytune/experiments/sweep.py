@@ -20,8 +20,6 @@ recorded and the sweep goes on; the command exits non-zero if any run failed.
 from __future__ import annotations
 
 import gc
-import json
-import os
 import shlex
 import subprocess
 import sys
@@ -29,28 +27,15 @@ import time
 import traceback
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
+from dytune._jsonio import read_json, write_json
 from dytune.errors import DytuneError
 from dytune.experiments.grid import Grid, RunSpec
-from dytune.experiments.runs import is_dyt_only
+from dytune.experiments.runs import find_twin
 
 
 def _log(message: str) -> None:
     print(f"dytune sweep: {message}", file=sys.stderr, flush=True)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def write_configs(grid: Grid) -> dict[str, Path]:
@@ -150,7 +135,7 @@ class _Sweep:
     def save_run(self, run: RunSpec) -> None:
         directory = self.run_dir(run)
         if directory.is_dir():
-            _write_json(directory / "sweep_run.json", {**self.record(run), "sweep": self.grid.name})
+            write_json(directory / "sweep_run.json", {**self.record(run), "sweep": self.grid.name})
 
     def save_summary(self, state: str = "running") -> dict:
         runs = [self.record(r) for r in self.grid.runs]
@@ -164,7 +149,7 @@ class _Sweep:
             "seconds": round(time.time() - self.started, 1),
         }
         self.grid.output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.summary_path, summary)
+        write_json(self.summary_path, summary)
         return summary
 
     def fail(self, run: RunSpec, step: str, err: BaseException) -> None:
@@ -186,10 +171,10 @@ class _Sweep:
         rec = self.record(run)
         directory = self.run_dir(run)
         done = (directory / "summary.json").is_file()
-        previous = _read_json(directory / "sweep_run.json") or {}
-        status = (_read_json(directory / "summary.json") or {}).get("status", "completed") if done else None
+        previous = read_json(directory / "sweep_run.json") or {}
+        status = (read_json(directory / "summary.json") or {}).get("status", "completed") if done else None
         if done and status != "completed" and not self.force:  # e.g. "stopped: non-finite": resuming repeats it
-            error = (_read_json(directory / "summary.json") or {}).get("error") or status
+            error = (read_json(directory / "summary.json") or {}).get("error") or status
             self.fail(run, "train", DytuneError(f"the run ended {status!r}: {error} (change its settings, or pass "
                                                 "--force to train it again)"))
             return False
@@ -272,7 +257,7 @@ def step_eval(run: RunSpec, config_path: Path, settings: dict) -> None:
     result = evaluate_models([_final(run)], spec, split=settings.get("split", "val"),
                              batch_size=int(settings.get("batch_size", 4)), device=settings.get("device"))
     directory = Path(run.config["output_dir"])
-    _write_json(directory / "eval.json", result)
+    write_json(directory / "eval.json", result)
     (directory / "eval.md").write_text(markdown(result))
 
 
@@ -300,17 +285,15 @@ def step_bench(run: RunSpec, config_path: Path, settings: dict) -> None:
         raise DytuneError(f"unknown bench setting(s) {unknown}: valid are {sorted(known)}")
     result = run_bench([_final(run)], settings=BenchSettings(**settings), norm_micro=False)
     directory = Path(run.config["output_dir"])
-    _write_json(directory / "bench.json", result)
+    write_json(directory / "bench.json", result)
     (directory / "bench.md").write_text(markdown(result))
 
 
 def twin_of(run: RunSpec, runs: list[RunSpec]) -> RunSpec | None:
-    """The LayerNorm run with the same settings but the DyT-only ones."""
-    def key(r: RunSpec) -> str:
-        config = {k: v for k, v in r.config.items() if not is_dyt_only(k) and k != "output_dir"}
-        return json.dumps(config, sort_keys=True, default=str)
-    target = key(run)
-    return next((r for r in runs if r.norm == "layernorm" and key(r) == target), None)
+    """The LayerNorm run with the same settings but the DyT-only ones (`runs.find_twin`)."""
+    by_name = {r.name: r for r in runs}
+    twin = find_twin(run.config, {r.name: r.config for r in runs}, ignore={"output_dir"})
+    return by_name.get(twin) if twin else None
 
 
 def _judge_pairs(sweep: _Sweep) -> None:
@@ -394,7 +377,7 @@ def run_sweep(grid: Grid, *, launcher: str | None = None, use_subprocess: bool =
                 result = build_report(runs=[load_run(d) for d in dirs], out=grid.output_dir / "report",
                                       title=f"dytune sweep {grid.name}: LayerNorm vs DyT")
                 summary["report"] = str(result["markdown"])
-                _write_json(sweep.summary_path, summary)
+                write_json(sweep.summary_path, summary)
             except Exception as err:  # noqa: BLE001 - the runs are done; a report failure is reported
                 _log(f"report failed: {type(err).__name__}: {err} (rerun `dytune report {grid.output_dir}`)")
     return summary

@@ -10,6 +10,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from dytune._jsonio import read_jsonl
+
 
 class MetricsJsonl(TrainerCallback):
     """Append every log (train loss, grad norm, lr, tokens/s, alpha per layer, validation loss/ppl) as one JSON line.
@@ -26,9 +28,9 @@ class MetricsJsonl(TrainerCallback):
         path = Path(path)
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = [row for row in read_metrics(path) if row.get("step", 0) <= step]
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
         tmp.replace(path)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
@@ -44,5 +46,16 @@ class MetricsJsonl(TrainerCallback):
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a `metrics.jsonl`."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a `metrics.jsonl` (a torn last line, from a run killed mid-write, is skipped)."""
+    return read_jsonl(path)
+
+
+class TokenBudget(TrainerCallback):
+    """Stop training once `budget` training tokens (non-padding) have been seen (`TrainConfig.max_train_tokens`)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.num_input_tokens_seen >= self.budget:
+            control.should_training_stop = True

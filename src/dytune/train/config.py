@@ -15,6 +15,7 @@ import difflib
 import json
 import os
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,23 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 from transformers.training_args import OptimizerNames
 
+from dytune.conversion.config import ConvertConfig
 from dytune.errors import DytuneError
 
 MODES = ("full", "lora", "lora+dyt", "dyt-only")
 NORMS = ("layernorm", "dyt")
 
 
+DYT_ONLY = {"dyt_only": True}  # field metadata: a setting that means nothing without DyT (the LayerNorm twin ignores it)
+
+
 @dataclass
-class TrainConfig(TrainingArguments):
-    """dytune's training settings on top of every `transformers.TrainingArguments` field."""
+class TrainConfig(TrainingArguments, ConvertConfig):
+    """dytune's training settings on top of every `transformers.TrainingArguments` field.
+
+    The conversion keys (alpha_init, calibration, calibration_refit, ...) are `ConvertConfig`'s fields, inherited
+    flat with their defaults: one declaration for `dytune.convert`, `dytune convert` and `dytune train`.
+    """
 
     # -- what to train ------------------------------------------------------------------------------------
     model: str = field(default="smollm2-135m", metadata={"help": "model name: smollm2-135m, directory, .gguf, Hub id"})
@@ -43,23 +52,6 @@ class TrainConfig(TrainingArguments):
     max_length: int | None = field(default=None, metadata={"help": "tokens per example (sets data.max_length)"})
     norm: str = field(default="dyt", metadata={"help": "layernorm (no conversion: the baseline twin) or dyt"})
     mode: str = field(default="lora+dyt", metadata={"help": "full | lora | lora+dyt | dyt-only"})
-    # -- DyT conversion (as `dytune convert`) ---------------------------------------------------------------
-    alpha_init: str = field(default="calibrated", metadata={"help": "calibrated | paper | constant:VALUE"})
-    norms: str | None = field(default=None, metadata={"help": "norm kinds to convert, e.g. attn,ffn,final"})
-    per_channel: bool = field(default=False, metadata={"help": "one alpha per channel"})
-    keep_affine: bool = field(default=True, metadata={
-        "help": "copy the norms' gamma/beta into DyT (False: the original study's dropped gamma/beta; ablation)"})
-    calibration: str | None = field(default=None, metadata={"help": "calibration data (default: built-in text)"})
-    calibration_samples: int = field(default=64, metadata={"help": "records taken from --calibration"})
-    calibration_method: str = field(default="sequential", metadata={"help": "sequential | parallel"})
-    # "none", unlike `dytune convert`'s "affine": the affine refit's near-zero alphas with large gammas made a
-    # short distillation run diverge (the demo: held-out CE 8.23 -> 9.24 in 60 steps)
-    calibration_refit: str = field(default="none", metadata={
-        "help": "none | affine | linear: least-squares refit with calibrated alpha (see `dytune convert --refit`)"})
-    sink_weight: float = field(default=1.0, metadata={"help": "weight of first tokens (attention sinks) in calibration"})
-    refit_ridge: float = field(default=1e-3, metadata={"help": "ridge strength of the linear refit (`dytune convert "
-                                                               "--refit-ridge`)"})
-    refit_ridge_to: str = field(default="zero", metadata={"help": "zero | original: what that ridge pulls towards"})
     # -- LoRA (PEFT) -------------------------------------------------------------------------------------------
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=32, metadata={"help": "LoRA scaling numerator"})
@@ -67,8 +59,10 @@ class TrainConfig(TrainingArguments):
     lora_target_modules: list[str] | None = field(default=None, metadata={
         "help": "module names to adapt (default per architecture); a name that matches nothing is an error"})
     # -- optimizer groups ---------------------------------------------------------------------------------------
-    alpha_lr_multiplier: float = field(default=1.0, metadata={"help": "learning-rate multiplier for DyT alpha"})
+    alpha_lr_multiplier: float = field(default=1.0, metadata={
+        **DYT_ONLY, "help": "learning-rate multiplier for DyT alpha"})
     alpha_lr_relative: bool = field(default=False, metadata={
+        **DYT_ONLY,
         "help": "scale each alpha's learning rate by its own |alpha| (same relative step for alpha 0.02 and 12)"})
     lr_multipliers: str | None = field(default=None, metadata={
         "help": "learning-rate multipliers by parameter name: 'GLOB=MULT,GLOB=MULT' (or a YAML mapping), e.g. "
@@ -87,19 +81,29 @@ class TrainConfig(TrainingArguments):
         "help": "teacher model name (default: the original model before conversion)"})
     # -- gradual removal: g * Norm(x) + (1 - g) * DyT(x), g ramped 1 -> 0 per group (dytune.train.removal) --
     removal_order: str = field(default="all", metadata={
+        **DYT_ONLY,
         "help": "all | depth | fakeln (MLP norms, then attention, then final): the order groups of norms go"})
-    removal_groups: int = field(default=1, metadata={"help": "number of groups the converted norms are removed in"})
+    removal_groups: int = field(default=1, metadata={
+        **DYT_ONLY, "help": "number of groups the converted norms are removed in"})
     removal_ramp_steps: int = field(default=0, metadata={
+        **DYT_ONLY,
         "help": "optimizer steps over which a group's gate goes from 1 (norm) to 0 (DyT); 0 with "
                 "removal_hold_steps 0 = every norm replaced before training (the default)"})
     removal_hold_steps: int = field(default=0, metadata={
+        **DYT_ONLY,
         "help": "steps each group trains at gate 0 before the next group's ramp starts"})
-    removal_shape: str = field(default="linear", metadata={"help": "linear | cosine: the ramp's shape"})
+    removal_shape: str = field(default="linear", metadata={**DYT_ONLY, "help": "linear | cosine: the ramp's shape"})
     local_distill_steps: int = field(default=0, metadata={
+        **DYT_ONLY,
         "help": "before training: steps of block-wise distillation (each block vs the teacher's block output)"})
-    local_distill_lr: float = field(default=1e-3, metadata={"help": "learning rate of the block-wise stage"})
-    local_distill_params: str = field(default="dyt", metadata={"help": "dyt (alpha/gamma/beta) | block (all)"})
+    local_distill_lr: float = field(default=1e-3, metadata={
+        **DYT_ONLY, "help": "learning rate of the block-wise stage"})
+    local_distill_params: str = field(default="dyt", metadata={
+        **DYT_ONLY, "help": "dyt (alpha/gamma/beta) | block (all)"})
     # -- run control ---------------------------------------------------------------------------------------------
+    max_train_tokens: int = field(default=0, metadata={
+        "help": "stop once this many training tokens (non-padding) have been seen, at the end of that step; 0 = no "
+                "limit (max_steps / num_train_epochs decide)"})
     resume: bool = field(default=False, metadata={
         "help": "continue from the latest checkpoint in output_dir (starts fresh if there is none)"})
     overwrite: bool = field(default=False, metadata={"help": "delete an existing output_dir first"})
@@ -135,16 +139,7 @@ class TrainConfig(TrainingArguments):
             raise DytuneError(f"nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
         if self.local_distill_params not in ("dyt", "block"):
             raise DytuneError(f"local_distill_params must be 'dyt' or 'block', got {self.local_distill_params!r}")
-        if self.calibration_method not in ("sequential", "parallel"):
-            raise DytuneError(f"calibration_method must be sequential or parallel, got {self.calibration_method!r}")
-        from dytune.refit import REFITS, RIDGE_TARGETS
-
-        if self.calibration_refit not in REFITS:
-            raise DytuneError(f"calibration_refit must be one of {', '.join(REFITS)}, got {self.calibration_refit!r}")
-        if self.refit_ridge_to not in RIDGE_TARGETS:
-            raise DytuneError(f"refit_ridge_to must be one of {', '.join(RIDGE_TARGETS)}, got {self.refit_ridge_to!r}")
-        if self.refit_ridge < 0:
-            raise DytuneError(f"refit_ridge must be >= 0, got {self.refit_ridge}")
+        ConvertConfig.check(self)
         removal = self.removal_schedule((), ())  # validates the removal_* settings
         if self.norm == "layernorm" and (removal.active or self.local_distill_steps):
             raise DytuneError("gradual removal and local_distill_steps convert norms: they need norm: dyt")
@@ -154,6 +149,8 @@ class TrainConfig(TrainingArguments):
         if self.distill and self.ce_weight == 0 and self.distill_weight == 0 and not self.distill_hidden_weight:
             raise DytuneError("every loss term has weight 0: set ce_weight, distill_weight or distill_hidden_weight")
         self.lr_multipliers = parse_lr_multipliers(self.lr_multipliers)
+        if self.max_train_tokens < 0:
+            raise DytuneError(f"max_train_tokens must be >= 0 (0: no limit), got {self.max_train_tokens}")
         if self.lora_r <= 0:
             raise DytuneError(f"lora_r must be positive, got {self.lora_r}")
         if isinstance(self.lora_target_modules, str):
@@ -182,6 +179,10 @@ class TrainConfig(TrainingArguments):
                               f"{self.world_size}: each process would train alone and overwrite the others' files")
 
     # -- views --------------------------------------------------------------------------------------------
+    def convert_config(self) -> ConvertConfig:
+        """The conversion settings of this run."""
+        return ConvertConfig.from_object(self)
+
     def removal_schedule(self, names, kinds):  # noqa: ANN001, ANN201 - dytune.train.removal.RemovalSchedule
         from dytune.train.removal import RemovalSchedule
 
@@ -198,8 +199,7 @@ class TrainConfig(TrainingArguments):
 
     def dytune_dict(self) -> dict[str, Any]:
         """dytune's own keys (those not in TrainingArguments)."""
-        base = {f.name for f in fields(TrainingArguments)}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in base}
+        return {name: getattr(self, name) for name in dytune_keys()}
 
     def resolved(self) -> dict[str, Any]:
         """Every setting, dytune's first, as plain values (what the run directory records)."""
@@ -207,6 +207,20 @@ class TrainConfig(TrainingArguments):
         for key, value in self.to_dict().items():
             out.setdefault(key, value)
         return json.loads(json.dumps(out, default=str))
+
+
+def _take_dyt_only_marks(cls: type) -> frozenset[str]:
+    """The keys a LayerNorm twin ignores: every `ConvertConfig` field and each field marked `DYT_ONLY`. The mark is
+    then dropped from the field's metadata, which HfArgumentParser hands to argparse as keyword arguments."""
+    marked = {f.name for f in fields(ConvertConfig)} | {"norm"}
+    for f in fields(cls):
+        if f.metadata.get("dyt_only"):
+            marked.add(f.name)
+            f.metadata = MappingProxyType({k: v for k, v in f.metadata.items() if k != "dyt_only"})
+    return frozenset(marked)
+
+
+DYT_ONLY_KEYS = _take_dyt_only_marks(TrainConfig)
 
 
 def parse_lr_multipliers(value: Any) -> dict[str, float] | None:
@@ -247,6 +261,15 @@ def _data_mapping(data: Any) -> dict[str, Any]:
     return {"source": text}
 
 
+def dytune_keys() -> list[str]:
+    """dytune's keys (not TrainingArguments'), in reading order: what to train, then the conversion keys, the rest."""
+    base = {f.name for f in fields(TrainingArguments)}
+    conversion = [f.name for f in fields(ConvertConfig)]
+    own = [f.name for f in fields(TrainConfig) if f.name not in base and f.name not in conversion]
+    at = own.index("mode") + 1
+    return own[:at] + conversion + own[at:]
+
+
 def valid_keys() -> list[str]:
     return [f.name for f in fields(TrainConfig) if f.init]
 
@@ -258,11 +281,11 @@ def _unknown_key_error(unknown: list[str], where: str) -> DytuneError:
         close = difflib.get_close_matches(key, valid, n=3)
         if close:
             hints.append(f"{key} -> did you mean {', '.join(close)}?")
-    dytune_keys = [f.name for f in fields(TrainConfig) if f.name not in {g.name for g in fields(TrainingArguments)}]
+    own = dytune_keys()
     return DytuneError(
         f"unknown setting(s) {', '.join(unknown)} in {where}." + (" " + "; ".join(hints) if hints else "")
-        + f"\ndytune keys: {', '.join(dytune_keys)}\nplus every transformers.TrainingArguments field: "
-        + ", ".join(sorted(set(valid) - set(dytune_keys))))
+        + f"\ndytune keys: {', '.join(own)}\nplus every transformers.TrainingArguments field: "
+        + ", ".join(sorted(set(valid) - set(own))))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

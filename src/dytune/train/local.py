@@ -18,8 +18,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from dytune._blocks import find_blocks, record_calls, unwrap
 from dytune.dyt import DyT
-from dytune.train.teacher import _base
 
 
 def _nmse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -37,9 +37,7 @@ def local_distill(model: nn.Module, teacher, batches: Iterable[dict], *, steps: 
     """Train DyT parameters (`params="dyt"`) or whole blocks (`"block"`) block by block; returns a summary.
 
     `teacher`: an `OriginalNorms` (same weights, original norms) or a `FrozenTeacher` (a separate original model)."""
-    from dytune.norms import _find_blocks
-
-    prefix, blocks = _find_blocks(model)
+    prefix, blocks = find_blocks(model)
     outer = [n for n, m in model.named_modules() if isinstance(m, DyT) and not n.startswith(prefix + ".")]
     if params == "dyt":
         trainable = [p for m in model.modules() if isinstance(m, DyT) for p in m.parameters()]
@@ -60,31 +58,19 @@ def local_distill(model: nn.Module, teacher, batches: Iterable[dict], *, steps: 
             ids = batch["input_ids"].to(device)
             mask = batch["attention_mask"].to(device)
             tokens += int(mask.sum())
-            caps: dict = {}
-            handles = []
             with torch.no_grad(), teacher.teacher(model) as teacher_model:
-                t_base = _base(teacher_model)
-                for i, block in enumerate(_find_blocks(t_base)[1]):
-                    handles.append(block.register_forward_pre_hook(
-                        lambda m, a, k, i=i: caps.__setitem__(i, [a, k, None]), with_kwargs=True))
-                    handles.append(block.register_forward_hook(
-                        lambda m, a, o, i=i: caps[i].__setitem__(2, _first(o).detach())))
-                for name in outer:  # after the teacher's hooks, so these see the original norm's output
-                    handles.append(t_base.get_submodule(name).register_forward_hook(
-                        lambda m, a, o, name=name: caps.__setitem__(name, [a[0].detach(), o.detach()])))
-                try:
+                t_base = unwrap(teacher_model)
+                watched = [*find_blocks(t_base)[1], *(t_base.get_submodule(name) for name in outer)]
+                # entered after the teacher's hooks, so the outer norms' outputs are the original norms'
+                with record_calls(watched) as calls:
                     teacher_model(input_ids=ids, attention_mask=mask, use_cache=False)
-                finally:
-                    for h in handles:
-                        h.remove()
+            block_calls, outer_calls = calls[:len(blocks)], calls[len(blocks):]
             model.eval()  # no dropout: the student block sees exactly the teacher's input
             losses = []
-            for i, block in enumerate(blocks):
-                args, kwargs, target = caps[i]
-                losses.append(_nmse(_first(block(*args, **kwargs)), target, mask))
-            for name in outer:
-                x, target = caps[name]
-                losses.append(_nmse(model.get_submodule(name)(x), target, mask))
+            for block, (call,) in zip(blocks, block_calls):
+                losses.append(_nmse(_first(block(*call.args, **call.kwargs)), _first(call.output).detach(), mask))
+            for name, (call,) in zip(outer, outer_calls):
+                losses.append(_nmse(model.get_submodule(name)(call.args[0].detach()), call.output.detach(), mask))
             loss = torch.stack(losses).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -58,7 +58,30 @@ def save_adapter(peft_model: nn.Module, out_dir: Path, base_dir: Path) -> Path:
     return out_dir
 
 
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
+_LAYERNORM_CARD = """---
+library_name: transformers
+tags:
+- dytune
+- layernorm-baseline
+base_model: {base}
+---
+
+# {title} (LayerNorm baseline)
+
+This model is **{base}** post-trained with its own normalization layers (LayerNorm / RMSNorm) kept: the
+baseline ("LayerNorm twin") that a DyT run of [dytune](https://pypi.org/project/dytune/) is compared with. It has
+no Dynamic Tanh layers and loads with plain transformers:
+
+```python
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("{path}")
+```
+
+- Post-trained with {trained}
+"""
+
+
+def write_layernorm_card(out_dir: Path, base: str, trained: str) -> None:
+    """The model card of a LayerNorm twin's `final/`: the baseline, not a DyT conversion."""
+    card = _LAYERNORM_CARD.format(base=base, title=Path(base).name or base, path=out_dir, trained=trained)
+    (Path(out_dir) / "README.md").write_text(card)

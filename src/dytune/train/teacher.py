@@ -17,14 +17,11 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from dytune._blocks import find_blocks, unwrap
 from dytune.errors import DytuneError
 
 
-def _base(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT / DDP wrapper."""
-    model = getattr(model, "module", model)  # DDP
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+_base = unwrap  # the old name, still imported by reconstruct.py and removal.py
 
 
 class OriginalNorms:
@@ -38,10 +35,10 @@ class OriginalNorms:
 
     @classmethod
     def from_converted(cls, model: nn.Module) -> OriginalNorms:
-        """From a model converted in this process (`dytune.convert` keeps the norms it replaced)."""
-        from dytune.hf_registration import original_norms
+        """The norms `dytune.convert` replaced in `model` (converted in this process)."""
+        from dytune.conversion.model import conversion_of
 
-        return cls(dict(original_norms(model)))
+        return cls(dict(conversion_of(model).originals))
 
     @classmethod
     def snapshot(cls, model: nn.Module, names: Iterable[str]) -> OriginalNorms:
@@ -66,7 +63,7 @@ class OriginalNorms:
 
     def install(self, model: nn.Module, names: Iterable[str]) -> list:
         """Make the sites `names` compute the original norm; returns hook handles (call `.remove()`)."""
-        base = _base(model)
+        base = unwrap(model)
         handles = []
         for name in names:
             if name not in self.originals:
@@ -77,7 +74,7 @@ class OriginalNorms:
     @contextlib.contextmanager
     def teacher(self, model: nn.Module) -> Iterator[nn.Module]:
         """`model` as the original model: every site on its original norm, adapters off, eval mode."""
-        base = _base(model)
+        base = unwrap(model)
         peft = getattr(model, "module", model)
         handles = self.install(model, self.originals)
         was_training = base.training
@@ -104,10 +101,8 @@ class FrozenTeacher:
         a whole second model. Unverified on GPUs so far."""
         from torch.distributed.fsdp import fully_shard
 
-        from dytune.norms import _find_blocks
-
         self.model.to(device)
-        _, blocks = _find_blocks(self.model)
+        _, blocks = find_blocks(self.model)
         for block in blocks:
             fully_shard(block)
         fully_shard(self.model)

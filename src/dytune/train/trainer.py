@@ -20,7 +20,8 @@ from dytune.dyt import DyT
 from dytune.errors import DytuneError
 from dytune.train.losses import causal_ce_sum, hidden_match, kl_teacher_student
 from dytune.train.removal import NormGates, RemovalSchedule
-from dytune.train.teacher import OriginalNorms, _base
+from dytune._blocks import unwrap
+from dytune.train.teacher import OriginalNorms
 from dytune.train.trainable import param_groups
 
 STAGING = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
@@ -148,7 +149,7 @@ class DytuneTrainer(Trainer):
 
         step = self.state.global_step + 1
         last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-        detail = diagnose(_base(model), self._last_inputs)
+        detail = diagnose(unwrap(model), self._last_inputs)
         raise NonFiniteError(
             f"non-finite {what} at optimizer step {step}. {detail} Training stopped; the last good checkpoint is "
             f"{last or '(none yet)'} (resume: --resume; or set nan_policy: skip to skip such steps).")
@@ -246,7 +247,7 @@ def _fsync_dir(path: str) -> None:
 
 def active_norm(model: nn.Module, name: str) -> nn.Module:
     """The module that really runs at a norm site (PEFT's trained copy inside a ModulesToSaveWrapper)."""
-    module = _base(model).get_submodule(name)
+    module = unwrap(model).get_submodule(name)
     copies = getattr(module, "modules_to_save", None)
     if copies is not None and getattr(module, "active_adapter", None) in copies:
         return copies[module.active_adapter]

@@ -24,9 +24,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-REFITS = ("none", "affine", "linear")
-RIDGE_TARGETS = ("zero", "original")  # what the linear refit's ridge pulls towards (see calibrate_sites)
-
 
 def affine_fit(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, with_bias: bool,
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

@@ -1,6 +1,6 @@
 """A small built-in calibration set: short instruction/answer pairs in plain English, written for dytune.
 
-Used when `dytune convert` is given no --calibration data. Real data from the target domain is better;
+Used when a conversion is given no calibration data. Real data from the target domain is better;
 this only has to exercise the activations a chat model sees (prose, lists, code, numbers, dialogue).
 """
 
@@ -49,12 +49,12 @@ BUILTIN_PAIRS: list[tuple[str, str]] = [
 
 
 def builtin_calibration_texts(tokenizer=None) -> list[str]:  # noqa: ANN001 - any HF tokenizer
-    """The built-in pairs rendered through the tokenizer's chat template (plain text without one)."""
+    """The built-in pairs rendered as training renders chats (`calibration_data.render_chat`: the tokenizer's
+    template, or dytune's default one for base models); plain text without a tokenizer."""
+    from dytune.conversion.calibration_data import render_chat
+
     texts = []
     for question, answer in BUILTIN_PAIRS:
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-        else:
-            texts.append(f"{question}\n\n{answer}")
+        texts.append(render_chat(messages, tokenizer) if tokenizer is not None else f"{question}\n\n{answer}")
     return texts

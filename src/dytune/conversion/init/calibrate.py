@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from dytune._blocks import StopForward, find_blocks, layer_index, record_calls
+from dytune.conversion.config import METHODS, REFITS, RIDGE_TARGETS
+from dytune.conversion.init import refit as refits
+from dytune.conversion.init.fixed import make_dyt
 from dytune.dyt import DyT
 from dytune.norms import NormSite
 
@@ -52,8 +56,6 @@ def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, tar
     The coarse grid runs on an evenly strided subset of tokens and the golden-section refinement on a
     larger one: the grid's tanh evaluations (grid points x tokens x hidden) dominate the conversion time.
     """
-    from dytune.refit import affine_fit
-
     rows = _strided_index(x.shape[0], REFINE_TOKENS)
     x = x[rows].float()
     y = site.reference_output(x) if target is None else target[rows].float().to(x.device)
@@ -66,7 +68,7 @@ def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, tar
 
     def errors_on(xs, ys, ws, alpha) -> torch.Tensor:  # per-channel (weighted) MSE, shape (hidden,)
         if refit_affine:
-            return affine_fit(torch.tanh(alpha * xs), ys, ws, with_bias)[2]
+            return refits.affine_fit(torch.tanh(alpha * xs), ys, ws, with_bias)[2]
         sq = (dyt_output(xs, alpha, gamma, beta) - ys).pow(2)
         return (sq if ws is None else ws.unsqueeze(1) * sq).mean(0)
 
@@ -88,7 +90,7 @@ def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, tar
         alpha = _golden(lambda a: errors_on(x, y, w, a).mean().reshape(1), lo, hi)
     new_gamma = new_beta = None
     if refit_affine:
-        new_gamma, new_beta, err = affine_fit(torch.tanh(alpha * x), y, w, with_bias)
+        new_gamma, new_beta, err = refits.affine_fit(torch.tanh(alpha * x), y, w, with_bias)
     else:
         err = errors_on(x, y, w, alpha)
     return FitResult(alpha=alpha, rel_error=float(err.mean() / denom), gamma=new_gamma, beta=new_beta)
@@ -158,29 +160,16 @@ def record_norm_inputs(
     return {name: torch.cat(chunks) for name, chunks in stored.items() if chunks}
 
 
-class _StopForward(Exception):
-    pass
-
-
 def _block_inputs(model: torch.nn.Module, blocks: torch.nn.ModuleList, batches: list[dict]) -> list[tuple]:
     """(args, kwargs) with which the model calls its first block, per batch (the GPTQ "catcher" trick)."""
-    captured: list[tuple] = []
-
-    def catch(mod, args, kwargs):
-        captured.append((args, kwargs))
-        raise _StopForward
-
-    handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
     device = next(model.parameters()).device
-    try:
+    with record_calls([blocks[0]], outputs=False, stop=True) as calls:
         for batch in batches:
             try:
                 model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
-    finally:
-        handle.remove()
-    return captured
+    return [(call.args, call.kwargs) for call in calls[0]]
 
 
 def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -208,24 +197,19 @@ def calibrate_sites(
     ridge_to: str = "zero",
     max_tokens: int = 16384,
     progress: bool = True,
-    install: Callable | None = None,
 ) -> tuple[dict[str, tuple[DyT, float]], int]:
     """Fit a DyT for every site; returns ({name: (dyt, rel_error)}, calibration token count).
 
     "parallel": every norm is fitted on the original model's activations, in one forward pass.
-    "sequential": block by block on the partly converted model (each fitted DyT is installed through
-    `install(site, dyt)` before the next fit): each DyT sees the activations the converted model really
+    "sequential": block by block on the partly converted model (each fitted DyT replaces its norm in `model`
+    before the next fit): each DyT sees the activations the converted model really
     produces, and is fitted to what the *original* block's norm outputs there (the original block runs beside
     it on the original activations), so errors upstream are corrected rather than copied.
-    `refit` ("none" | "affine" | "linear") and `sink_weight`: see `dytune.refit`. "linear" changes the
-    weights of the linear layers around each norm and needs the sequential method; `ridge` is the strength
-    of its least-squares solves (`dytune.refit.ridge_solve`), pulling towards zero (`ridge_to="zero"`) or towards
+    `refit` ("none" | "affine" | "linear") and `sink_weight`: see `refit.py`. "linear" changes the weights
+    of the linear layers around each norm and needs the sequential method; `ridge` is the strength of its least-squares solves (`refit.ridge_solve`), pulling towards zero (`ridge_to="zero"`) or towards
     what the layer computed before the refit (`"original"`: the DyT's own affine fit for the maps, the original
     weights for the output projections)."""
     from tqdm.auto import tqdm
-
-    from dytune.norms import _find_blocks, _layer_index
-    from dytune.refit import REFITS, RIDGE_TARGETS
 
     if refit not in REFITS:
         raise ValueError(f"unknown refit {refit!r}: choose from {', '.join(REFITS)}")
@@ -246,23 +230,23 @@ def calibrate_sites(
                            target=target, weights=weights[: x.shape[0]], refit_affine=refit != "none")
         dyt = _dyt_from_fit(site, result, per_channel, keep_affine)
         fitted[site.name] = (dyt, result.rel_error)
-        if install is not None and method == "sequential":
-            install(site, dyt)
+        if method == "sequential":
+            model.set_submodule(site.name, dyt)
         return dyt
 
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}: sequential or parallel")
     if method == "parallel":
         inputs = record_norm_inputs(model, sites, batches, max_tokens=max_tokens, progress=progress)
         for site in tqdm(sites, desc="calibrating: fitting alpha", disable=not progress):
             fit_and_install(site, inputs[site.name])
         return fitted, n_tokens
-    if method != "sequential":
-        raise ValueError(f"unknown calibration method {method!r}: sequential or parallel")
 
-    blocks_prefix, blocks = _find_blocks(model)
+    blocks_prefix, blocks = find_blocks(model)
     by_block: dict[int, list[NormSite]] = {}
     outside = []
     for site in sites:
-        layer = _layer_index(site.name, blocks_prefix)
+        layer = layer_index(site.name, blocks_prefix)
         (by_block.setdefault(layer, []) if layer is not None else outside).append(site)
     before = [s for s in outside if s.kind == "embed"]
     after = [s for s in outside if s.kind != "embed"]
@@ -310,10 +294,8 @@ def calibrate_sites(
             if refit == "none" or site.kind != "final" or head is None:
                 continue
             if refit == "linear":
-                from dytune.refit import fold_map_into_head
-
                 mapping, error = _ridge_map(dyt, x, target, weights[: x.shape[0]], ridge, ridge_to)
-                fold_map_into_head(model, mapping)
+                refits.fold_map_into_head(model, mapping)
                 fitted[site.name] = (dyt, error)
             else:
                 _final_norm_logit_fit(site, dyt, x, target, weights[: x.shape[0]], head.weight)
@@ -321,8 +303,6 @@ def calibrate_sites(
 
 
 def _dyt_from_fit(site: NormSite, result: FitResult, per_channel: bool, keep_affine: bool) -> DyT:
-    from dytune.convert import make_dyt
-
     dyt = make_dyt(site, result.alpha, per_channel=per_channel, keep_affine=keep_affine,
                    bias=site.has_bias or result.beta is not None)
     if result.gamma is not None:
@@ -335,11 +315,9 @@ def _dyt_from_fit(site: NormSite, result: FitResult, per_channel: bool, keep_aff
 def _final_norm_logit_fit(site: NormSite, dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
                           head_weight: torch.Tensor) -> None:
     """The final norm feeds the LM head directly: refit its gamma for the logits' error, not the hidden's."""
-    from dytune.refit import logit_metric_affine
-
     rows = _strided_index(x.shape[0], REFINE_TOKENS)
     z = torch.tanh(dyt.alpha.detach().float().cpu() * x[rows])
-    gamma, beta = logit_metric_affine(z, target[rows], weights[rows], head_weight, with_bias=dyt.bias is not None)
+    gamma, beta = refits.logit_metric_affine(z, target[rows], weights[rows], head_weight, with_bias=dyt.bias is not None)
     dyt.weight.data.copy_(gamma.to(dyt.weight.device))
     if beta is not None:
         dyt.bias.data.copy_(beta.to(dyt.bias.device))
@@ -348,21 +326,19 @@ def _final_norm_logit_fit(site: NormSite, dyt: DyT, x: torch.Tensor, target: tor
 def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens, teacher_hiddens, real,  # noqa: ANN001
                    ridge: float = 1e-3, ridge_to: str = "zero") -> float:
     """refit='linear' for one norm: fold a full least-squares map into its consumers, then refit the
-    sub-layer's output projection against the original's (see `dytune.refit`). Returns the map's fit error."""
-    from dytune.refit import find_consumers, fold_map_into_consumers, refit_output_projection
-
+    sub-layer's output projection against the original's (see `refit.py`). Returns the map's fit error."""
     args, kwargs = _with_hidden(*calls[0], hiddens[0])
-    consumers, out_proj = find_consumers(block, dyt, lambda: block(*args, **kwargs))
+    consumers, out_proj = refits.find_consumers(block, dyt, lambda: block(*args, **kwargs))
     if not consumers:
         return float("nan")
     mapping, error = _ridge_map(dyt, x, target, weights, ridge, ridge_to)
-    fold_map_into_consumers(consumers, mapping)
+    refits.fold_map_into_consumers(consumers, mapping)
     if out_proj is not None:
         names = {m: n for n, m in block.named_modules()}
         teacher_out = teacher.get_submodule(names[out_proj])
         (inputs,), _ = _run_block(block, calls, hiddens, [out_proj])
         (wanted,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_out], outputs=True)
-        refit_output_projection(out_proj, real(inputs), real(wanted), weights, ridge,
+        refits.refit_output_projection(out_proj, real(inputs), real(wanted), weights, ridge,
                                 towards_current=ridge_to == "original")
     return error
 
@@ -372,8 +348,6 @@ def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.T
     """The full least-squares map from the DyT's tanh features to `target`, for its consumers to absorb: the DyT
     keeps gamma = 1 (and the offset in beta, where it has one). Returns (map (in, out), relative error).
     `ridge_to="original"`: the ridge pulls towards the DyT's own affine fit (diag(gamma), beta)."""
-    from dytune.refit import ridge_solve
-
     z = torch.tanh(dyt.alpha.detach().float().cpu() * x)
     features = torch.cat([z, torch.ones(len(z), 1)], 1) if dyt.bias is not None else z
     prior = None
@@ -382,7 +356,7 @@ def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.T
         prior = torch.diag(gamma)
         if dyt.bias is not None:
             prior = torch.cat([prior, dyt.bias.detach().double().cpu().unsqueeze(0)], 0)
-    solution = ridge_solve(features, target, weights, ridge, prior)
+    solution = refits.ridge_solve(features, target, weights, ridge, prior)
     mapping = solution[: z.shape[1]]
     error = float((weights.unsqueeze(1) * ((features.double() @ solution) - target.double()).pow(2)).mean()
                   / (weights.unsqueeze(1) * target.double().pow(2)).mean())
@@ -395,23 +369,14 @@ def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.T
 
 def _run_block(block, calls, hiddens, modules, outputs: bool = False):  # noqa: ANN001, ANN202
     """Run `block` on every batch; returns ([per module: list of its inputs (or outputs)], block outputs)."""
-    recorded: list[list[torch.Tensor]] = [[] for _ in modules]
-    handles = []
-    for i, module in enumerate(modules):
-        if outputs:
-            handles.append(module.register_forward_hook(lambda m, a, out, i=i: recorded[i].append(out.detach())))
-        else:
-            handles.append(module.register_forward_pre_hook(lambda m, a, i=i: recorded[i].append(a[0].detach())))
     new_hiddens = []
-    try:
+    with record_calls(modules, outputs=outputs) as recorded:
         for (args, kwargs), hidden in zip(calls, hiddens):
             a, k = _with_hidden(args, kwargs, hidden)
             out = block(*a, **k)
             new_hiddens.append(out[0] if isinstance(out, (tuple, list)) else out)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return recorded, new_hiddens
+    kept = [[(c.output if outputs else c.args[0]).detach() for c in module_calls] for module_calls in recorded]
+    return kept, new_hiddens
 
 
 def _sink_weights(batches: list[dict], sink_weight: float) -> torch.Tensor:
