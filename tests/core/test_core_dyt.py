@@ -61,3 +61,19 @@ def test_alpha_gets_gradient():
     dyt = DyT(4, alpha_init=0.5)
     dyt(torch.randn(3, 4)).sum().backward()
     assert dyt.alpha.grad is not None and dyt.alpha.grad.abs().item() > 0
+
+
+@pytest.mark.parametrize("kernel", ["reference", "fused"])
+def test_state_dict_and_formula_are_the_same_on_both_kernels(kernel):
+    import dytune.dyt as dyt_module
+
+    previous = dyt_module.set_kernel(kernel)
+    try:
+        dyt = DyT(8, alpha_init=torch.linspace(0.2, 0.9, 8), per_channel=True, bias=True)
+        assert {k: tuple(v.shape) for k, v in dyt.state_dict().items()} == {"alpha": (8,), "weight": (8,), "bias": (8,)}
+        assert {v.dtype for v in dyt.state_dict().values()} == {torch.float32}
+        x = torch.randn(2, 3, 8)
+        want = dyt.weight * torch.tanh(dyt.alpha * x) + dyt.bias
+        torch.testing.assert_close(dyt(x), want, rtol=1e-6, atol=1e-6)
+    finally:
+        dyt_module.set_kernel(previous)
