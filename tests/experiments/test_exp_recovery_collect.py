@@ -1,8 +1,8 @@
-"""benchmarks/recovery.py --collect: an arm's result rebuilt from its run directory (side-by-side or killed runs)."""
+"""The recovery benchmark's machinery (dytune.experiments.recovery): an arm's result rebuilt from its run directory
+(side-by-side, killed or resumed runs), the arms file, gaps against the twin."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,10 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def recovery():
-    spec = importlib.util.spec_from_file_location("recovery_benchmark", REPO / "benchmarks" / "recovery.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from dytune.experiments import recovery
+
+    return recovery
 
 
 def _write_run(run, *, finished: bool, resumed: bool = False, summary_step: int = 8,
@@ -32,7 +31,7 @@ def _write_run(run, *, finished: bool, resumed: bool = False, summary_step: int 
             rows.append({"step": step, "eval_loss": 3.5 - 0.1 * step, "num_input_tokens_seen": 100 * step})
     if resumed:  # a resumed run evaluates again at the checkpoint's step (same numbers, one more row)
         rows.insert(8, {"step": 4, "eval_loss": 3.1, "num_input_tokens_seen": 400})
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 9, "lo')  # torn
     if finished:
         (run / "summary.json").write_text(json.dumps({"status": status, "train_tokens": 100 * summary_step,
                                                       "global_step": summary_step, "skipped_steps": 0,
@@ -71,3 +70,27 @@ def test_collect_ignores_a_summary_that_is_not_this_runs_end(recovery, tmp_path)
 def test_collect_missing_run_says_which(recovery, tmp_path):
     with pytest.raises(FileNotFoundError, match="never ran"):
         recovery.collect_arm(tmp_path / "nope", budget=1)
+
+
+def test_arms_file_every_arm_is_a_train_config_and_dyt_arms_have_their_twin(recovery):
+    from dytune.train.config import valid_keys
+
+    arms = recovery.load_arms(REPO / "configs" / "recovery" / "arms.yaml")
+    keys = set(valid_keys())
+    for name, arm in arms["arms"].items():
+        assert set(arm) - keys <= set(recovery.ARM_KEYS), name
+        if arm["norm"] == "dyt":
+            assert arms["arms"][arm["twin"]]["norm"] == "layernorm", name
+    assert set(arms["default"]) <= set(arms["arms"])
+
+
+def test_finish_gaps_against_the_twin_at_the_same_step(recovery, tmp_path):
+    result = {"original_ce": 2.0, "data": {"heldout": 3}, "arms": {
+        "d": {"curve": [{"step": 0, "tokens": 0, "ce": 5.0}, {"step": 4, "tokens": 400, "ce": 3.0}]},
+        "d-twin": {"curve": [{"step": 0, "tokens": 0, "ce": 2.0}, {"step": 4, "tokens": 400, "ce": 1.9}]}}}
+    spec = {"d": {"norm": "dyt", "twin": "d-twin"}, "d-twin": {"norm": "layernorm"}}
+    recovery.finish(result, tmp_path / "r.json", spec)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["arms"]["d"]["final"] == {"tokens": 400, "ce": 3.0, "gap": 1.0, "gap_vs_twin": pytest.approx(1.1)}
+    assert saved["arms"]["d"]["start"] == {"tokens": 0, "ce": 5.0, "gap": 3.0}
+    assert saved["arms"]["d-twin"]["final"]["gap_vs_twin"] is None
