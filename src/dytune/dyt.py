@@ -154,11 +154,11 @@ def dyt_fused(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor | None = No
 
 def dyt_reference(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """The formula in plain PyTorch ops, evaluated in float32 (float64 for float64 inputs)."""
-    cd = _compute_dtype(x)
-    y = torch.tanh(alpha.to(cd) * x.to(cd)) * weight.to(cd)
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # float32 params promote to float64
+    y = torch.tanh(alpha * xf) * weight
     if bias is not None:
-        y = y + bias.to(cd)
-    return y.to(x.dtype)
+        y = y + bias
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def _use_fused(x: Tensor) -> bool:
