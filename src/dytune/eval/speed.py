@@ -129,16 +129,16 @@ def _static_run(model, input_ids: torch.Tensor, new_tokens: int) -> dict:
     compile_config._compile_all_devices = True  # transformers compiles on CUDA only unless told (its own flag)
     config = GenerationConfig(max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, do_sample=False,
                               cache_implementation="static", compile_config=compile_config,
-                              pad_token_id=getattr(model.config, "pad_token_id", None) or 0)
+                              return_dict_in_generate=True, pad_token_id=getattr(model.config, "pad_token_id", None) or 0)
     clock = _StepClock()
     device = input_ids.device
     _sync(device)
     t0 = time.perf_counter()
     out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
-                         logits_processor=LogitsProcessorList([clock]), return_dict_in_generate=True)
+                         logits_processor=LogitsProcessorList([clock]))
     _sync(device)
     t2 = time.perf_counter()
-    past = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    past = _cache_of(out)
     return {"prefill_s": clock.times[0] - t0, "decode_s": t2 - clock.times[0],
             "kv_cache_bytes": _cache_bytes(past) if past is not None else 0}
 
