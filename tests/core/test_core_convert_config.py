@@ -101,3 +101,18 @@ def test_conversion_modules_import_without_a_cycle_and_the_config_without_torch(
     code = ("import sys; from dytune.conversion.config import ConvertConfig, add_arguments; "
             "assert 'torch' not in sys.modules; import dytune.conversion.init.calibrate")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("imports", ["import dytune\nfrom transformers import AutoModelForCausalLM",
+                                     "from transformers import AutoModelForCausalLM\nimport dytune"])
+def test_import_dytune_then_plain_from_pretrained_loads_dyt_in_either_order(tmp_path, imports):
+    from dytune.testing import run_in_fresh_process
+
+    model = tiny_model("llama")
+    dytune.convert(model, alpha_init=0.6)
+    dytune.save(model, tmp_path / "dyt")
+    out = run_in_fresh_process(imports + f"""
+model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'dyt')!r})
+print(type(model).__name__, len(dytune.dyt_modules(model)), float(dytune.dyt_modules(model)[0][1].alpha))
+""")
+    assert out.strip().splitlines()[-1] == "DyTLlamaForCausalLM 5 0.6000000238418579"

@@ -25,7 +25,7 @@ class ConversionReport:
     kinds: list[str]
     layers: list[LayerReport] = field(default_factory=list)
     calibration_tokens: int = 0
-    refit: str = "none"  # see dytune.refit: which parameters calibration refitted besides alpha
+    refit: str = "none"  # which parameters calibration refitted besides alpha (ConvertConfig.calibration_refit)
     refit_ridge: float | None = None  # the "linear" refit's ridge strength
     refit_ridge_to: str | None = None  # and what it pulls towards
 
