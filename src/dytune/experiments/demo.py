@@ -49,9 +49,7 @@ class DemoSettings:
     max_length: int = 192  # tokens per conversation (training and evaluation)
     calibration_texts: int = 16
     calibration_tokens: int = 2048
-    # alpha-only calibration: the affine refit starts better (zero-shot) but its near-zero alphas with large
-    # gammas made this short recovery diverge (measured: held-out CE 8.23 -> 9.24 after 60 steps)
-    calibration_refit: str = "none"
+    calibration_refit: str = "none"  # the training recipe's choice, not ConvertConfig's default (docs/conversion.md)
     steps: int = 60
     batch_size: int = 4
     learning_rate: float = 5e-4

@@ -39,8 +39,7 @@ def dyt_output(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: 
 
 GRID_TOKENS = 2048  # rows used for the coarse grid search (the refinement uses up to REFINE_TOKENS)
 REFINE_TOKENS = 8192
-# Whether an affine refit gives bias-free norms (RMSNorm) a fitted beta. Measured on SmolLM2: it fits the
-# calibration tokens better and the held-out CE worse, so off.
+# Whether an affine refit gives bias-free norms (RMSNorm) a fitted beta: off (why: docs/conversion.md, Findings).
 REFIT_ADDS_BIAS = False
 
 
