@@ -86,10 +86,6 @@ KNOWN = {
     "sweep-empty.yaml": "an empty sweep file expands to one run without data, which is started and fails "
                         "(exit 1, out/configs/run.yaml written) instead of 'the sweep file is empty'",
     "sweep-binary.yaml": "sweep file: " + _BINARY_READ,
-    "answer-questions-binary.json": "answer --questions: " + _BINARY_READ,
-    "answer-questions-binary.jsonl": "answer --questions: " + _BINARY_READ,
-    "judge-binary.json": "judge answers file: " + _BINARY_READ,
-    "judge-binary.jsonl": "judge answers file: " + _BINARY_READ,
 }
 
 

@@ -51,18 +51,22 @@ def _read_jsonl(path: Path, what: str) -> list[dict]:
     if not path.is_file():
         raise DytuneError(f"{what} file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DytuneError(f"{path}:{lineno}: not valid JSON ({err.msg}); {what} files hold one JSON "
-                                  "object a line") from None
-            if not isinstance(record, dict):
-                raise DytuneError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DytuneError(f"{path}:{lineno}: not valid JSON ({err.msg}); {what} files hold one JSON "
+                                      "object a line") from None
+                if not isinstance(record, dict):
+                    raise DytuneError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise DytuneError(f"{path} is not UTF-8 text (a binary file?): {what} files hold one JSON object a "
+                          "line") from None
     return records
 
 
