@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 import dytune
 import dytune.dyt as dyt_module
 from dytune.dyt import DyT, dyt_fused, dyt_reference, rational_tanh, set_kernel
+from dytune.errors import DytuneError
 
 TANH_REL_TOL = 1e-6  # the stated bound on the rational tanh's relative error
 
@@ -123,8 +125,18 @@ def test_module_dispatch_auto_fused_reference(monkeypatch):
     set_kernel("reference")
     layer(large)
     assert calls == [large.numel(), small.numel()]
-    with pytest.raises(ValueError, match="unknown DyT kernel 'fast'"):
+    with pytest.raises(DytuneError, match="unknown DyT kernel 'fast': expected one of auto, fused, reference"):
         set_kernel("fast")
+
+
+def test_a_bad_environment_variable_is_a_clear_error():
+    from dytune.testing import run_in_fresh_process
+
+    out = run_in_fresh_process(
+        "import torch, dytune.dyt as d\n"
+        "try:\n    d.DyT(4)(torch.ones(2, 4))\nexcept d.DytuneError as e:\n    print(e)\n",
+        env={**os.environ, "DYTUNE_DYT_KERNEL": "triton"})
+    assert out.strip() == "DYTUNE_DYT_KERNEL='triton': expected one of auto, fused, reference"
 
 
 def test_a_failing_kernel_falls_back_to_the_reference_once(monkeypatch):
