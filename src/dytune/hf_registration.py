@@ -10,20 +10,19 @@ A converted model keeps its architecture's classes, but its instance is re-class
     nearest enclosing PreTrainedModel, which knows nothing of DyT: alpha would be uninitialised memory);
   * keeps DyT parameters in float32 under `dtype=torch.bfloat16` loads (`_keep_in_fp32_modules`).
 
-`import dytune` registers the "dytune" type with AutoConfig / AutoModelForCausalLM, so a fresh process
-restores the model exactly, and PEFT's `AutoPeftModelForCausalLM` finds it through the same Auto classes.
+The "dytune" type is registered with AutoConfig / AutoModelForCausalLM as soon as transformers is imported in a
+process that imported dytune (`dytune._autoregister`), or by `dytune.register()`, so a fresh process restores the
+model exactly, and PEFT's `AutoPeftModelForCausalLM` finds it through the same Auto classes.
 At run time the config keeps the base `model_type` (generation, PEFT and attention code see a Llama).
 """
 
 from __future__ import annotations
 
 import contextvars
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
@@ -33,7 +32,6 @@ from dytune.errors import DytuneError
 MODEL_TYPE = "dytune"
 _CONFIG_CLASSES: dict[type, type] = {}
 _MODEL_CLASSES: dict[type, type] = {}
-_ORIGINALS_ATTR = "_dytune_original_norms"
 
 
 def _dyt_config_class(base: type) -> type:
@@ -229,7 +227,7 @@ def _causal_lm_class(base_type: str, names: dict) -> type:
 
 
 def register() -> None:
-    """Register the dytune model type with the Auto classes (idempotent; done on `import dytune`)."""
+    """Register the dytune model type with the Auto classes (idempotent; run when this module is imported)."""
     try:
         AutoConfig.register(MODEL_TYPE, DyTuneConfig, exist_ok=True)
     except TypeError:
@@ -314,7 +312,7 @@ def is_dyt_model(model: nn.Module) -> bool:
     return getattr(type(model), "_is_dytune", False)
 
 
-def mark_converted(model: nn.Module, *, sites, originals: dict[str, nn.Module], report) -> None:  # noqa: ANN001
+def mark_converted(model: nn.Module, *, sites, report) -> None:  # noqa: ANN001
     """Re-class a freshly converted model and its config so that saving and reloading keep DyT."""
     config = model.config
     spec_layers = []
@@ -341,15 +339,6 @@ def mark_converted(model: nn.Module, *, sites, originals: dict[str, nn.Module], 
     _register_pair(type(config), model_cls)
     model.__class__ = model_cls
     _dyt_aware_init(model)
-    setattr(model, _ORIGINALS_ATTR, originals)
-
-
-def original_norms(model: nn.Module) -> dict[str, nn.Module]:
-    originals = getattr(model, _ORIGINALS_ATTR, None)
-    if not is_dyt_model(model) or originals is None:
-        raise ValueError("revert needs a model converted in this process (the original norms are kept in "
-                         "memory); a DyT model loaded from disk has no norms to put back")
-    return originals
 
 
 def unmark_converted(model: nn.Module) -> None:
@@ -357,22 +346,6 @@ def unmark_converted(model: nn.Module) -> None:
     model.config.__class__ = type(model.config).__mro__[1]
     if hasattr(model.config, "dyt"):
         del model.config.dyt
-    delattr(model, _ORIGINALS_ATTR)
-
-
-def base_config_copy(model: nn.Module) -> PretrainedConfig:
-    """A plain (non-DyT) copy of a DyT model's config, e.g. to build the LayerNorm twin."""
-    config = copy.deepcopy(model.config)
-    if getattr(type(config), "_is_dytune", False):
-        config.__class__ = type(config).__mro__[1]
-        del config.dyt
-    return config
-
-
-def fp32_dyt_check(model: nn.Module) -> list[str]:
-    """Names of DyT parameters not in float32 (should be empty)."""
-    return [n for n, p in model.named_parameters() if isinstance(model.get_submodule(n.rpartition(".")[0]), DyT)
-            and p.dtype != torch.float32]
 
 
 register()

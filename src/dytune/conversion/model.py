@@ -131,8 +131,7 @@ def convert(
         report.layers.append(LayerReport(site.name, site.kind, site.norm_type, converted=True,
                                          alpha=float(a.mean()), alpha_min=float(a.min()), alpha_max=float(a.max()),
                                          fit_error=err))
-    hf_registration.mark_converted(model, sites=[s for s in sites if s.name in originals], originals={},
-                                   report=report)
+    hf_registration.mark_converted(model, sites=[s for s in sites if s.name in originals], report=report)
     source = source or getattr(model.config, "_name_or_path", "") or ""
     model.config.dyt["source"] = source
     conversion = Conversion(config=config, report=report, originals=originals, source=source)
