@@ -48,6 +48,21 @@ def test_convert_cli_norm_selection_and_constant(tiny_dir, tmp_path, capsys):
     assert alphas == [0.5, 0.5, 0.5]
 
 
+def test_convert_cli_portable_writes_the_modeling_code_and_auto_map(tiny_dir, tmp_path):
+    from dytune.portable import AUTO_MAP
+
+    assert main(["convert", str(tiny_dir), str(tmp_path / "portable"), "--alpha-init", "paper", "--portable"]) == 0
+    assert main(["convert", str(tiny_dir), str(tmp_path / "plain"), "--alpha-init", "paper"]) == 0
+    portable, plain = tmp_path / "portable", tmp_path / "plain"
+    for name in ("configuration_dytune.py", "modeling_dytune.py"):
+        assert (portable / name).is_file() and not (plain / name).exists()
+    assert json.loads((portable / "config.json").read_text())["auto_map"] == AUTO_MAP
+    assert "auto_map" not in json.loads((plain / "config.json").read_text())
+    # the portable directory is still an ordinary dytune checkpoint: the same weights load through dytune
+    a, b = dytune.load(str(portable)), dytune.load(str(plain))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
 def test_convert_cli_errors(tiny_dir, tmp_path, capsys):
     existing = tmp_path / "exists"
     existing.mkdir()
@@ -108,7 +123,8 @@ def test_every_convert_flag_is_a_convert_config_field_accepted_by_train():
 
     convert = build_parser()._subparsers._group_actions[0].choices["convert"]
     options = {a.dest: a for a in convert._actions if a.option_strings}
-    assert set(options) - {f.name for f in fields(ConvertConfig)} == {"help", "overwrite", "trust_remote_code"}
+    not_conversion = {"help", "overwrite", "trust_remote_code", "portable"}
+    assert set(options) - {f.name for f in fields(ConvertConfig)} == not_conversion
     assert {f.name for f in fields(ConvertConfig)} <= set(options)
     given = {"alpha_init": "paper", "norms": "attn,final", "per_channel": "true", "keep_affine": "false",
              "calibration": "data.json", "calibration_samples": "7", "calibration_max_length": "99",

@@ -19,6 +19,9 @@ def add_parser(subparsers, name: str) -> None:  # noqa: ANN001
     p.add_argument("out", help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub")
+    p.add_argument("--portable", action="store_true",
+                   help="also write the DyT modeling code so OUT loads with trust_remote_code=True where dytune "
+                        "is not installed")
     add_arguments(p)
     p.set_defaults(func=run)
 
@@ -38,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.src, trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(args.src, trust_remote_code=args.trust_remote_code)
     report = convert(model, config, tokenizer=tokenizer, source=args.src).report
-    save(model, out, tokenizer, overwrite=args.overwrite, extra_files={"conversion_report.json": report.to_dict()})
+    save(model, out, tokenizer, overwrite=args.overwrite, portable=args.portable,
+         extra_files={"conversion_report.json": report.to_dict()})
     print(report.table())
     print(f"saved DyT model to {out} (load with dytune.load({str(out)!r}) or, after `import dytune`, "
           "AutoModelForCausalLM.from_pretrained)")
