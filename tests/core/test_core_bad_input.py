@@ -75,14 +75,8 @@ WHY = {
 
 # Cases that still fail, each in a file this test's author does not own; strict, so a fix shows as XPASS and
 # the entry must go. (The issue-17 report lists the change each needs.)
-_RUN_DIR = ("`dytune train` creates --output_dir before the model and data are checked, so a bad input leaves an "
-            "empty run directory (dytune/train: create it after loading, or remove it on error)")
 _BINARY_READ = "reading a binary file raises UnicodeDecodeError (a traceback) instead of a DytuneError"
 KNOWN = {
-    **{f"train-{bad}": _RUN_DIR for bad in BAD_MODELS},
-    **{f"train-data-{bad}": _RUN_DIR for bad in BAD_DATA},
-    "train-config-empty.yaml": "an empty config file is read as 'no training data' and " + _RUN_DIR,
-    "train-config-binary.yaml": "train config: " + _BINARY_READ,
     "sweep-empty.yaml": "an empty sweep file expands to one run without data, which is started and fails "
                         "(exit 1, out/configs/run.yaml written) instead of 'the sweep file is empty'",
     "sweep-binary.yaml": "sweep file: " + _BINARY_READ,

@@ -279,3 +279,39 @@ def test_bf16_autocast_trains_alpha_in_float32(quick, tmp_path) -> None:
     assert all(abs(a - 0.5) > 1e-3 for a in summary["alpha"].values())  # bf16 spacing would swallow small steps
     final = dytune.load(str(tmp_path / "bf16" / "final"))
     assert final.model.norm.alpha.dtype == torch.float32
+
+
+def test_gated_run_evaluates_the_gated_model_then_the_pure_dyt_one(quick, tmp_path) -> None:
+    # step 0's evaluation (before any training step) sees every gate at 1: the original model; the final one,
+    # after the schedule, the pure DyT student
+    summary = train(quick(mode="dyt-only", removal_ramp_steps=2, max_steps=2, eval_on_start=True, eval_steps=100,
+                          learning_rate=1e-9, output_dir=str(tmp_path / "g")))
+    twin = train(quick(norm="layernorm", mode="dyt-only", max_steps=1, eval_on_start=True, eval_steps=100,
+                       learning_rate=1e-9, output_dir=str(tmp_path / "ln")))
+    start = [r for r in read_metrics(tmp_path / "g" / "metrics.jsonl") if "eval_loss" in r][0]
+    original = [r for r in read_metrics(tmp_path / "ln" / "metrics.jsonl") if "eval_loss" in r][0]
+    assert start["step"] == 0 and start["eval_loss"] == pytest.approx(original["eval_loss"], abs=1e-5)
+    assert abs(summary["final_eval"]["eval_loss"] - start["eval_loss"]) > 0.01  # constant:0.5 DyT differs
+    assert twin["status"] == "completed"
+
+
+def test_reconstruction_stage_runs_before_training(quick, tmp_path) -> None:
+    summary = train(quick(mode="full", distill=True, reconstruct_steps=4, reconstruct_tokens=200,
+                          reconstruct_lr=3e-3, reconstruct_max_grad_norm=1.0, alpha_init="constant:40", max_steps=1,
+                          eval_strategy="no", output_dir=str(tmp_path / "r")))
+    rec = summary["reconstruction"]
+    assert rec["tokens"] >= 200 and rec["steps_per_block"] == 4
+    assert [b["block"] for b in rec["blocks"]] == [0, 1, "model.norm"]
+    assert all(b["nmse_after"] < b["nmse_before"] for b in rec["blocks"])
+    with pytest.raises(DytuneError, match="teacher must be a separate copy"):
+        train(quick(mode="dyt-only", distill=True, reconstruct_steps=1, max_steps=1, eval_strategy="no",
+                    output_dir=str(tmp_path / "r2")))
+    assert not (tmp_path / "r2").exists()  # a refused run leaves no run directory behind
+
+
+def test_best_checkpoint_is_found_after_the_atomic_rename(quick, tmp_path, caplog) -> None:
+    train(quick(max_steps=4, eval_steps=2, save_steps=2, load_best_model_at_end=True,
+                metric_for_best_model="eval_loss", output_dir=str(tmp_path / "best")))
+    state = json.loads(sorted((tmp_path / "best").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    assert state["best_model_checkpoint"] == str(tmp_path / "best" / f"checkpoint-{state['best_global_step']}")
+    assert "Could not locate the best model" not in caplog.text

@@ -100,6 +100,16 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         **DYT_ONLY, "help": "learning rate of the block-wise stage"})
     local_distill_params: str = field(default="dyt", metadata={
         **DYT_ONLY, "help": "dyt (alpha/gamma/beta) | block (all)"})
+    # -- sequential block reconstruction before training (dytune.train.reconstruct) ----------------------------
+    reconstruct_steps: int = field(default=0, metadata={
+        **DYT_ONLY, "help": "before training: optimizer steps per block of sequential reconstruction (each block "
+                            "trained on the student's own input towards the original block's output); 0 = off"})
+    reconstruct_tokens: int = field(default=32768, metadata={
+        **DYT_ONLY, "help": "training tokens cached for the reconstruction (~3 x hidden x 4 bytes each)"})
+    reconstruct_lr: float = field(default=2e-4, metadata={**DYT_ONLY, "help": "its AdamW learning rate (cosine)"})
+    reconstruct_max_grad_norm: float = field(default=0.1, metadata={**DYT_ONLY, "help": "its gradient clipping"})
+    reconstruct_sink_weight: float = field(default=1.0, metadata={
+        **DYT_ONLY, "help": "weight of each sequence's first token in its per-token normalised MSE"})
     # -- run control ---------------------------------------------------------------------------------------------
     max_train_tokens: int = field(default=0, metadata={
         "help": "stop once this many training tokens (non-padding) have been seen, at the end of that step; 0 = no "
@@ -141,8 +151,11 @@ class TrainConfig(TrainingArguments, ConvertConfig):
             raise DytuneError(f"local_distill_params must be 'dyt' or 'block', got {self.local_distill_params!r}")
         ConvertConfig.check(self)
         removal = self.removal_schedule((), ())  # validates the removal_* settings
-        if self.norm == "layernorm" and (removal.active or self.local_distill_steps):
-            raise DytuneError("gradual removal and local_distill_steps convert norms: they need norm: dyt")
+        if self.norm == "layernorm" and (removal.active or self.local_distill_steps or self.reconstruct_steps):
+            raise DytuneError("gradual removal, local_distill_steps and reconstruct_steps convert norms: they need "
+                              "norm: dyt")
+        if self.reconstruct_steps < 0 or self.reconstruct_tokens <= 0 or self.reconstruct_lr <= 0:
+            raise DytuneError("reconstruct_steps must be >= 0, reconstruct_tokens and reconstruct_lr > 0")
         if (self.distill_hidden_weight or self.distill_weight == 0) and not self.distill:
             if self.distill_hidden_weight:
                 raise DytuneError("distill_hidden_weight needs distill: true (it compares with the teacher)")
@@ -294,7 +307,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DytuneError(f"config file {path} not found")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DytuneError(f"config file {path} is not UTF-8 text (a binary file?): it must be YAML settings") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise DytuneError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if values is None:
+        raise DytuneError(f"config file {path} is empty: write its settings as YAML (model:, data:, ...)")
     if not isinstance(values, dict):
         raise DytuneError(f"{path} must hold a mapping of settings (key: value), got {type(values).__name__}")
     return values

@@ -5,6 +5,7 @@
     _setup_teacher      the original model to distil from: original norms by hooks, or a frozen copy
     _fit_embeddings     embeddings grown to the tokenizer's new tokens; the padding collator
     _setup_local_stage  block-wise distillation before training (local_distill_steps)
+    _setup_reconstruction  sequential block reconstruction before training (reconstruct_steps)
     _setup_trainer      what trains (mode), the removal schedule, the Trainer and its callbacks
     _write_outputs      final/ (model card), adapter/, summary.json (`RunSummary`)
 
@@ -84,6 +85,7 @@ class TrainRecipe:
         self.originals = None  # OriginalNorms: the norms before conversion (teacher, gradual removal)
         self.teacher = None
         self.local = None  # the block-wise stage's summary
+        self.reconstruction = None  # the sequential reconstruction's summary
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _setup_data(self) -> None:
@@ -185,6 +187,34 @@ class TrainRecipe:
         self.local = local_distill(self.model, self.teacher or self.originals, loader, steps=cfg.local_distill_steps,
                                    lr=cfg.local_distill_lr, params=cfg.local_distill_params, progress=self.main)
 
+    def _setup_reconstruction(self, checkpoint: str | None) -> None:
+        """Sequential block reconstruction (dytune.train.reconstruct) on the first `reconstruct_tokens` of the
+        training data, before end-to-end training."""
+        cfg = self.cfg
+        if not cfg.reconstruct_steps or checkpoint is not None:
+            return
+        from torch.utils.data import DataLoader
+
+        from dytune.train.reconstruct import reconstruct_blocks
+
+        original = self.teacher or self.originals
+        if original is None:
+            raise DytuneError("reconstruct_steps needs the original model: convert here (norm: dyt on the unconverted "
+                              "model), or set teacher:")
+        if self.teacher is not None and self.teacher is self.originals:
+            raise DytuneError("reconstruct_steps trains whole blocks, so the distillation teacher must be a separate "
+                              "copy: use mode: full, or set teacher: to the original model")
+        gen = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(self.train_ds.select_columns(["input_ids", "attention_mask"]),
+                            batch_size=cfg.per_device_train_batch_size, shuffle=True, generator=gen,
+                            collate_fn=self.collator)
+        _log(cfg, f"sequential block reconstruction: {cfg.reconstruct_steps} steps per block on up to "
+                  f"{cfg.reconstruct_tokens} tokens")
+        self.reconstruction = reconstruct_blocks(
+            self.model, original, loader, steps_per_block=cfg.reconstruct_steps, lr=cfg.reconstruct_lr,
+            max_grad_norm=cfg.reconstruct_max_grad_norm, sink_weight=cfg.reconstruct_sink_weight,
+            max_tokens=cfg.reconstruct_tokens, progress=self.main)
+
     def _setup_trainer(self, checkpoint: str | None) -> None:
         from dytune.saving import save
         from dytune.train.callbacks import MetricsJsonl, TokenBudget
@@ -196,9 +226,9 @@ class TrainRecipe:
         cfg, model, run = self.cfg, self.model, self.run_dir
         self.lora = cfg.mode in ("lora", "lora+dyt")
         self.base_dir = run / "base"
-        if cfg.local_distill_steps and checkpoint is not None and self.lora \
+        if (cfg.local_distill_steps or cfg.reconstruct_steps) and checkpoint is not None and self.lora \
                 and (self.base_dir / "model.safetensors").is_file():
-            # the adapter checkpoint does not hold base weights that the block-wise stage changed: base/ does
+            # the adapter checkpoint does not hold base weights that the stages before training changed: base/ does
             from safetensors.torch import load_file
 
             model.load_state_dict(load_file(str(self.base_dir / "model.safetensors")), strict=False)
@@ -277,6 +307,7 @@ class TrainRecipe:
         summary.conversion = None if conversion is None else {"alpha_init": conversion.alpha_init,
                                                               "layers": len(conversion.converted)}
         summary.local_distill = self.local
+        summary.reconstruction = self.reconstruction
         summary.eos_token_id = merged.generation_config.eos_token_id if merged.generation_config else None
         summary.final = str(run / "final")
         summary.adapter = str(adapter_dir) if adapter_dir else None
@@ -293,14 +324,21 @@ class TrainRecipe:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         checkpoint = _resume_checkpoint(cfg, run)
+        created = not run.exists()
         run.mkdir(parents=True, exist_ok=True)
         set_seed(cfg.seed)
-        self._setup_data()
-        self._setup_model()
-        self._setup_teacher()
-        self._fit_embeddings()
-        self._setup_local_stage(checkpoint)
-        self._setup_trainer(checkpoint)
+        try:
+            self._setup_data()
+            self._setup_model()
+            self._setup_teacher()
+            self._fit_embeddings()
+            self._setup_local_stage(checkpoint)
+            self._setup_reconstruction(checkpoint)
+            self._setup_trainer(checkpoint)
+        except BaseException:
+            if created and self.main:  # bad input found while setting up: leave nothing half-made behind
+                shutil.rmtree(run, ignore_errors=True)
+            raise
         summary = RunSummary(run_dir=str(run), model=cfg.model, norm=cfg.norm, mode=cfg.mode, distill=cfg.distill,
                              resumed_from=checkpoint, world_size=self.trainer.accelerator.num_processes)
         try:

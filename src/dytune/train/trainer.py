@@ -55,6 +55,7 @@ class DytuneTrainer(Trainer):
                               "convert in this run (norm: dyt on the unconverted model, calibration_refit other "
                               "than linear)")
         self._gates = NormGates(originals.originals) if self.removal is not None else None
+        self._gates_cleared = False
         self.skipped_steps = 0
         self._eval_nll = self._eval_tokens = None
 
@@ -156,13 +157,14 @@ class DytuneTrainer(Trainer):
 
     def _set_gates(self) -> None:
         """Gradual removal: sites still being removed mix their original norm in (see `dytune.train.removal`)."""
-        if self._gates is not None:
+        if self._gates is not None and not self._gates_cleared:
             self._gates.set(self.model, self.removal.gates(self.state.global_step))
 
     def clear_stage_hooks(self) -> None:
-        """Remove every gate (after training: the model is pure DyT)."""
+        """Remove every gate for good (after training: the model is pure DyT, and so are later evaluations)."""
         if self._gates is not None:
             self._gates.clear()
+            self._gates_cleared = True
 
     # -- metrics -----------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -187,6 +189,7 @@ class DytuneTrainer(Trainer):
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):  # noqa: ANN201
         self._eval_nll = self._eval_tokens = None
+        self._set_gates()  # evaluate the model of this step (eval_on_start comes before any training step)
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         if self._eval_tokens is not None:
@@ -199,6 +202,17 @@ class DytuneTrainer(Trainer):
         return output
 
     # -- checkpoints: written aside, renamed into place -----------------------------------------------------
+    def _record_best_checkpoint(self, run_dir: str, staged: str) -> None:
+        """Trainer looks for the best checkpoint where it writes (the staging folder), so it either misses it
+        or records the staging path and `load_best_model_at_end` finds nothing: point it at the final name."""
+        step = getattr(self.state, "best_global_step", None)
+        if not self.args.metric_for_best_model or not step:
+            return
+        best = os.path.join(run_dir, f"checkpoint-{step}")
+        if step == self.state.global_step or os.path.isdir(best):
+            self.state.best_model_checkpoint = best
+            self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+
     def _get_output_dir(self, trial: Any) -> str:
         return self._staging or super()._get_output_dir(trial)
 
@@ -213,6 +227,7 @@ class DytuneTrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every process has written its RNG state
         if self.args.should_save:
             src, dst = os.path.join(run_dir, STAGING, name), os.path.join(run_dir, name)
+            self._record_best_checkpoint(run_dir, src)
             _fsync_tree(src)
             if os.path.exists(dst):
                 shutil.rmtree(dst)
