@@ -4,9 +4,11 @@ The class is decided from a traced forward pass, not from the module's name: nam
 (Llama's `post_attention_layernorm` is the FFN *input* norm; Gemma2's is a post/sandwich norm on the
 attention output). Kinds:
 
-  attn   normalises the input of an attention sub-layer (pre-norm)
-  ffn    normalises the input of an MLP sub-layer (pre-norm; also GPT-NeoX's parallel-residual MLP norm)
-  post   normalises a sub-layer's output (Gemma2/3 sandwich norms, OLMo2 post-norms)
+  attn   normalises the input of an attention sub-layer (pre-norm; also a norm shared by a parallel
+         attention and MLP, as Falcon's, which is GPT-NeoX's attention-branch norm with the MLP reading it too)
+  ffn    normalises the input of an MLP sub-layer (pre-norm; also GPT-NeoX's parallel-residual MLP norm, OPT's
+         in-block `final_layer_norm` and BLOOM's `post_attention_layernorm`)
+  post   normalises a sub-layer's output and feeds no sub-layer itself (Gemma2/3 sandwich norms, OLMo2 post-norms)
   final  after the last block, before the LM head
   embed  before the first block (e.g. BLOOM's embedding LayerNorm)
   qk     inside the attention module (Qwen3/OLMo2 QK-norm); its own kind, not converted by default
@@ -117,11 +119,11 @@ def _probe(module: nn.Module) -> tuple[str, float, int] | None:
     return None
 
 
-def _sublayer_role(child_name: str) -> str | None:
+def _sublayer_role(child_name: str, child: nn.Module | None = None) -> str | None:
     low = child_name.lower()
     if any(w in low for w in _ATTN_WORDS):
         return "attn"
-    if any(w in low for w in _MLP_WORDS):
+    if any(w in low for w in _MLP_WORDS) or isinstance(child, nn.Linear):  # OPT: fc1/fc2 sit in the block itself
         return "mlp"
     return None
 
@@ -173,19 +175,23 @@ def find_norms(model: nn.Module, *, strict: bool = True) -> list[NormSite]:
 def _trace(model: nn.Module, norm_names: dict) -> dict:
     """Run a 4-token forward pass and record, in call order, norms and attention/MLP sub-layer calls."""
     blocks_prefix, blocks = _find_blocks(model)
-    timeline: list[tuple] = []  # ("norm", name, input) | ("start", name, role) | ("end", name, role, output)
+    # ("norm", name, input, output) | ("start", name, role, input) | ("end", name, role, output); the tensors are
+    # kept alive so that identity checks are exact
+    timeline: list[tuple] = []
     handles = []
     modules = dict(model.named_modules())
 
+    def first_input(args, kwargs):
+        return _first_tensor(args) if args else _first_tensor(kwargs.get("hidden_states"))
+
     def norm_hook(name):
-        def hook(mod, args, kwargs):
-            x = _first_tensor(args) if args else _first_tensor(kwargs.get("hidden_states"))
-            timeline.append(("norm", name, x))  # tensors are kept alive so identity checks are exact
+        def hook(mod, args, kwargs, output):
+            timeline.append(("norm", name, first_input(args, kwargs), _first_tensor(output)))
         return hook
 
     def sub_pre(name, role):
         def hook(mod, args, kwargs):
-            timeline.append(("start", name, role))
+            timeline.append(("start", name, role, first_input(args, kwargs)))
         return hook
 
     def sub_post(name, role):
@@ -195,10 +201,10 @@ def _trace(model: nn.Module, norm_names: dict) -> dict:
         return hook
 
     for name in norm_names:
-        handles.append(modules[name].register_forward_pre_hook(norm_hook(name), with_kwargs=True))
+        handles.append(modules[name].register_forward_hook(norm_hook(name), with_kwargs=True))
     for i, block in enumerate(blocks):
         for child_name, child in block.named_children():
-            role = _sublayer_role(child_name)
+            role = _sublayer_role(child_name, child)
             if role is not None and not _is_norm_candidate(child):
                 full = f"{blocks_prefix}.{i}.{child_name}"
                 handles.append(child.register_forward_pre_hook(sub_pre(full, role), with_kwargs=True))
@@ -208,7 +214,8 @@ def _trace(model: nn.Module, norm_names: dict) -> dict:
     input_ids = (torch.arange(4, device=param.device) % vocab).unsqueeze(0)
     try:
         with torch.no_grad():
-            model(input_ids=input_ids, use_cache=False)
+            # an explicit mask: GPT-2-style models whose pad id is among ids 0..3 would warn without one
+            model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -231,13 +238,20 @@ def _classify(name: str, layer: int | None, blocks_prefix: str, events: dict) ->
     pos = events["order"].get(name)
     if pos is None:
         return "inner"  # never called in the forward pass
-    norm_input = timeline[pos][2]
+    _, _, norm_input, norm_output = timeline[pos]
+    block = f"{blocks_prefix}.{layer}."
+    # Pre-norm: its output is the very input tensor of a sub-layer of its block (the first one, for a norm shared
+    # by a parallel attention and MLP), whatever it normalised (BLOOM's attention output includes the residual).
+    consumer = next((ev for ev in timeline[pos + 1:] if ev[0] == "start" and ev[1].startswith(block)
+                     and norm_output is not None and ev[3] is norm_output), None)
+    if consumer is not None:
+        return "attn" if consumer[2] == "attn" else "ffn"
     # Post-norm: its input is the very output tensor of the sub-layer that just ended.
     last_end = next((ev for ev in reversed(timeline[:pos]) if ev[0] == "end"), None)
-    same_block = last_end is not None and last_end[1].startswith(f"{blocks_prefix}.{layer}.")
+    same_block = last_end is not None and last_end[1].startswith(block)
     if same_block and norm_input is not None and last_end[3] is norm_input:
         return "post"
     next_start = next((ev for ev in timeline[pos + 1:] if ev[0] == "start"), None)
-    if next_start is not None and next_start[1].startswith(f"{blocks_prefix}.{layer}."):
+    if next_start is not None and next_start[1].startswith(block):
         return "attn" if next_start[2] == "attn" else "ffn"
     return "post"

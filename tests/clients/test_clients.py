@@ -196,8 +196,6 @@ def test_a_dyt_model_prints_nothing_its_plain_original_does_not(chat_dir, tmp_pa
     assert_quiet("\n".join(dyt))
 
 
-@pytest.mark.xfail(strict=True, reason="dytune.norms._trace runs its probe forward pass on ids 0..3 without an "
-                   "attention mask; GPT-2-style models whose pad id is among them warn (fix belongs in norms.py)")
 def test_converting_prints_no_attention_mask_warning(tmp_path):
     _, printed = run_in_fresh_process(f"""
         from dytune.testing import tiny_dyt_checkpoint

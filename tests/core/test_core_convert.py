@@ -21,6 +21,9 @@ EXPECTED_KINDS = {
     "gemma2": ["attn", "post", "ffn", "post"] * 2 + ["final"],  # sandwich norms
     "qwen3": ["attn", "qk", "qk", "ffn"] * 2 + ["final"],
     "olmo2": ["qk", "qk", "post", "post"] * 2 + ["final"],
+    "opt": ["attn", "ffn", "attn", "ffn", "final"],  # in-block final_layer_norm feeds fc1, a direct child of the block
+    "bloom": ["embed", "attn", "ffn", "attn", "ffn", "final"],  # post_attention_layernorm normalises attn + residual
+    "falcon": ["attn", "attn", "final"],  # one norm feeds both parallel branches: attn, like GPT-NeoX's attn norm
 }
 
 
@@ -28,6 +31,17 @@ EXPECTED_KINDS = {
 def test_norms_classified_by_position(arch):
     sites = find_norms(tiny_model(arch))
     assert [s.kind for s in sites] == EXPECTED_KINDS[arch]
+
+
+@pytest.mark.parametrize(("arch", "overrides", "kinds"), [
+    ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}, ["attn", "ffn"]),  # ln_attn, ln_mlp
+    ("falcon", {}, ["attn"]),  # input_layernorm, shared by both branches
+    ("falcon", {"parallel_attn": False}, ["attn", "ffn"]),
+])
+def test_parallel_branch_norms_are_classified_by_the_sublayer_they_feed(arch, overrides, kinds):
+    """Both norms of a parallel block read the block input: the sub-layer that reads a norm's output decides."""
+    sites = [s for s in find_norms(tiny_model(arch, **overrides)) if s.layer == 0]
+    assert [s.kind for s in sites] == kinds
 
 
 def test_gemma2_names_do_not_decide_kind():
