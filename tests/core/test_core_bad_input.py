@@ -75,12 +75,7 @@ WHY = {
 
 # Cases that still fail, each in a file this test's author does not own; strict, so a fix shows as XPASS and
 # the entry must go. (The issue-17 report lists the change each needs.)
-_BINARY_READ = "reading a binary file raises UnicodeDecodeError (a traceback) instead of a DytuneError"
-KNOWN = {
-    "sweep-empty.yaml": "an empty sweep file expands to one run without data, which is started and fails "
-                        "(exit 1, out/configs/run.yaml written) instead of 'the sweep file is empty'",
-    "sweep-binary.yaml": "sweep file: " + _BINARY_READ,
-}
+KNOWN: dict[str, str] = {}
 
 
 def _cases():

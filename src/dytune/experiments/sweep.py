@@ -321,7 +321,8 @@ def _judge_pairs(sweep: _Sweep) -> None:
                                    batch_size=int(settings.get("batch_size", 8)))
             judge_answers(ours, theirs, judge=judge, questions_path=(sweep.grid.step_settings.get("answers") or {})
                           .get("questions"), out_prefix=Path(run.config["output_dir"]) / "judge",
-                          n_boot=int(settings.get("n_boot", 2000)), tie_margin=float(settings.get("tie_margin", 0.0)))
+                          n_boot=int(settings.get("n_boot", 2000)), tie_margin=float(settings.get("tie_margin", 0.0)),
+                          single_order=settings.get("single_order", False))
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001
