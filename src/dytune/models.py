@@ -24,7 +24,6 @@ import torch
 from dytune._hub import cache_root, hub_reachable
 from dytune.errors import DytuneError
 
-_hub_reachable = hub_reachable  # the name tests/data/test_data_sources.py monkeypatches (not read here)
 
 EMBEDDED_DEFAULT = "smollm2-135m"
 _EMBEDDED_ALIASES = {EMBEDDED_DEFAULT, "default", "embedded"}

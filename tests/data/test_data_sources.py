@@ -133,7 +133,7 @@ def test_hub_id_goes_through_load_dataset(monkeypatch, rewild_rows):
         return datasets.Dataset.from_list(rewild_rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    monkeypatch.setattr("dytune.models._hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr("dytune._hub.hub_reachable", lambda *a, **k: True)
     convs, report = load_conversations("nyu-dice-lab/wildchat50m-rewild-sft-385700", split="train[:100]",
                                        revision="abc123", data_files="data/*.parquet", max_samples=5)
     assert calls == [("nyu-dice-lab/wildchat50m-rewild-sft-385700",
@@ -155,7 +155,7 @@ def test_hub_streaming_reads_only_what_it_needs(monkeypatch, rewild_rows):
 
     monkeypatch.setattr(datasets, "load_dataset",
                         lambda path, **kw: datasets.IterableDataset.from_generator(gen))
-    monkeypatch.setattr("dytune.models._hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr("dytune._hub.hub_reachable", lambda *a, **k: True)
     convs, report = load_conversations("org/huge", max_samples=20, streaming=True, seed=0)
     assert len(convs) == 20 and report.read == 20
     assert len(consumed) < 15_000  # the 10,000-record shuffle buffer fills; the stream is not read to the end
@@ -169,7 +169,7 @@ def test_missing_or_gated_hub_repo(monkeypatch):
         raise DatasetNotFoundError(f"Dataset '{path}' doesn't exist on the Hub or cannot be accessed.")
 
     monkeypatch.setattr(datasets, "load_dataset", missing)
-    monkeypatch.setattr("dytune.models._hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr("dytune._hub.hub_reachable", lambda *a, **k: True)
     with pytest.raises(DytuneError) as err:
         load_conversations("someone/private-set")
     msg = str(err.value)
@@ -186,7 +186,7 @@ def test_missing_or_gated_hub_repo(monkeypatch):
 
 def test_offline_hub_fails_fast_and_clearly(monkeypatch):
     """Real datasets.load_dataset with the Hub unreachable: a clear error, not minutes of retries."""
-    monkeypatch.setattr("dytune.models._hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("dytune._hub.hub_reachable", lambda *a, **k: False)
     start = time.time()
     with pytest.raises(DytuneError) as err:
         load_conversations("dytune-tests/no-such-dataset-xyz")

@@ -18,7 +18,7 @@ TINY = BenchSettings(batch_sizes=[1, 2], prompt_lengths=[8, 16], new_tokens=3, w
 
 @pytest.fixture(scope="module")
 def twins():
-    from dytune.convert import convert
+    from dytune import convert
 
     ln = tiny_model("llama")
     dyt = copy.deepcopy(ln)

@@ -91,7 +91,7 @@ def test_same_split_and_numbers_as_training(tiny_chat_dir, data_file, tmp_path):
 
 
 def test_eval_cli_dyt_and_layernorm_in_one_table(tiny_chat_dir, data_file, tmp_path, capsys):
-    from dytune.convert import convert
+    from dytune import convert
     from dytune.models import load_model
 
     dyt = load_model(str(tiny_chat_dir))
