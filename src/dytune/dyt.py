@@ -167,6 +167,8 @@ def _use_fused(x: Tensor) -> bool:
     if _kernel == "fused":
         return True
     if _kernel == "auto":
+        if torch.compiler.is_exporting():  # an exported program runs on any shape: no size test (it would be a guard)
+            return False
         return x.device.type == "cpu" and x.numel() >= FUSED_MIN_ELEMENTS
     raise DytuneError(f"DYTUNE_DYT_KERNEL={_kernel!r}: expected one of {', '.join(KERNELS)}")
 

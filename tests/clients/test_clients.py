@@ -140,9 +140,13 @@ def test_torch_compile_matches_eager(chat_dir):
 def test_torch_export_matches_eager(chat_dir):
     model = dytune.load(str(chat_dir))
     with torch.no_grad():
-        for ids in (LONG_IDS, LONG_IDS[:, :8]):
+        for ids in (LONG_IDS, LONG_IDS[:, :8]):  # eager: the fused kernel, then the reference formula
             program = torch.export.export(model, (ids,), kwargs={"use_cache": False}, strict=False)
-            assert torch.equal(program.module()(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+            # the exported program holds plain torch ops (no dytune custom op): exact on the reference path
+            exported, eager = program.module()(ids, use_cache=False).logits, model(ids, use_cache=False).logits
+            torch.testing.assert_close(exported, eager, atol=1e-5, rtol=1e-5)
+            if ids.numel() * 64 < 8192:
+                assert torch.equal(exported, eager)
 
 
 def test_torch_export_with_a_dynamic_sequence_length(chat_dir):
@@ -157,14 +161,17 @@ def test_torch_export_with_a_dynamic_sequence_length(chat_dir):
                                model(LONG_IDS[:, :n], use_cache=False).logits)
 
 
-@pytest.mark.xfail(strict=True, reason="dytune.dyt picks its kernel by element count (FUSED_MIN_ELEMENTS), which "
-                   "torch.export turns into a guard: one program cannot span both sides of it (issue for dyt.py)")
 def test_torch_export_with_a_dynamic_sequence_length_across_the_kernel_threshold(chat_dir):
+    # under export DyT takes the reference formula whatever the size (the fused kernel's size test would be a guard)
     from torch.export import Dim
 
     model = dytune.load(str(chat_dir))
-    torch.export.export(model, (LONG_IDS[:, :16],), kwargs={"use_cache": False}, strict=False,
-                        dynamic_shapes=({1: Dim("seq", min=2, max=128)}, None))
+    program = torch.export.export(model, (LONG_IDS[:, :16],), kwargs={"use_cache": False}, strict=False,
+                                  dynamic_shapes=({1: Dim("seq", min=2, max=128)}, None))
+    with torch.no_grad():
+        for n in (4, 128):
+            torch.testing.assert_close(program.module()(LONG_IDS[:, :n], use_cache=False).logits,
+                                       model(LONG_IDS[:, :n], use_cache=False).logits, atol=1e-5, rtol=1e-5)
 
 
 def _printed_by_a_user_session(path, adapter_dir) -> set[str]:
