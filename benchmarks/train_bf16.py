@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,22 +36,19 @@ def run_block(name: str, args: argparse.Namespace, data: dict, start: str, until
         per_device_train_batch_size=4, lr_scheduler_type="constant_with_warmup", warmup_steps=2,
         weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="steps", save_steps=args.block,
         save_total_limit=1, eval_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-        threads=args.threads), callbacks=[_StopAt(until)])
+        threads=args.threads), callbacks=[StopAt(until)])
 
 
-class _StopAt:
-    """Stop after optimizer step `until` (the checkpoint at that step lets the next block resume)."""
+class StopAt(TrainerCallback):
+    """Stop after optimizer step `until`, with a checkpoint there (the next block resumes from it)."""
 
-    def __new__(cls, until: int):  # noqa: ANN204
-        from transformers import TrainerCallback
+    def __init__(self, until: int) -> None:
+        self.until = until
 
-        class Stop(TrainerCallback):
-            def on_step_end(self, a, state, control, **kw):  # noqa: ANN001
-                if state.global_step >= until:
-                    control.should_training_stop = True
-                    control.should_save = True
-
-        return Stop()
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201 - Trainer's signature
+        if state.global_step >= self.until:
+            control.should_training_stop = True
+            control.should_save = True
 
 
 def main(argv: list[str] | None = None) -> int:

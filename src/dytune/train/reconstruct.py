@@ -22,14 +22,16 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+from dytune._blocks import StopForward, find_blocks, record_calls, unwrap
 from dytune.dyt import DyT
-from dytune.train.teacher import FrozenTeacher, OriginalNorms, _base
+from dytune.train.teacher import FrozenTeacher, OriginalNorms
 
 
 def token_nmse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, sink_weight: float = 1.0
@@ -68,48 +70,29 @@ class _BlockCall:
 
 
 def _capture_first_block(model: nn.Module, block: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> _BlockCall:
-    calls: list[_BlockCall] = []
-
-    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        calls.append(_BlockCall(args, kwargs))
-        raise _Captured
-
-    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    return calls[0]
+    """The first block's input, without running the rest of the model."""
+    with record_calls([block], outputs=False, stop=True) as calls:
+        try:
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+        except StopForward:
+            pass
+    return _BlockCall(calls[0][0].args, calls[0][0].kwargs)
 
 
-class _Captured(Exception):
-    """Stops a forward pass once the first block's input is captured (nothing after it is needed)."""
-
-
-def _teacher_block(teacher: OriginalNorms | FrozenTeacher, student: nn.Module, prefix: str, index: int,
-                   blocks: nn.ModuleList):  # noqa: ANN202 - returns a context-managed callable
+@contextmanager
+def _original_block(teacher: OriginalNorms | FrozenTeacher, student: nn.Module, prefix: str, index: int,
+                    blocks: nn.ModuleList) -> Iterator[nn.Module]:
     """The original block `index`: the teacher model's, or the student's own with its original norms put back
     (valid only before that block is trained, which the sequential order guarantees)."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def view():  # noqa: ANN202
-        if isinstance(teacher, FrozenTeacher):
-            from dytune.norms import _find_blocks
-
-            yield _find_blocks(teacher.model)[1][index]
-            return
-        inside = [n for n in teacher.names if n.startswith(f"{prefix}.{index}.")]
-        handles = teacher.install(student, inside)
-        try:
-            yield blocks[index]
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    return view()
+    if isinstance(teacher, FrozenTeacher):
+        yield find_blocks(teacher.model)[1][index]
+        return
+    handles = teacher.install(student, [n for n in teacher.names if n.startswith(f"{prefix}.{index}.")])
+    try:
+        yield blocks[index]
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _outer_norm(teacher: OriginalNorms | FrozenTeacher, name: str) -> nn.Module:
@@ -119,23 +102,18 @@ def _outer_norm(teacher: OriginalNorms | FrozenTeacher, name: str) -> nn.Module:
 
 
 def _fit(module_params: list[nn.Parameter], loss_of_batch, n_batches: int, steps: int, lr: float,
-         max_grad_norm: float) -> tuple[float, float]:
-    """AdamW with a cosine schedule over `steps`, one cached batch per step; returns (first, last) loss."""
+         max_grad_norm: float) -> None:
+    """AdamW with a cosine schedule over `steps`, one cached batch per step."""
     optimizer = torch.optim.AdamW(module_params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
-    first = last = float("nan")
-    for step, b in enumerate(itertools.islice(itertools.cycle(range(n_batches)), steps)):
+    for b in itertools.islice(itertools.cycle(range(n_batches)), steps):
         loss = loss_of_batch(b)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module_params, max_grad_norm)
         optimizer.step()
         schedule.step()
-        value = float(loss.detach())
-        first = value if step == 0 else first
-        last = value
-    return first, last
 
 
 @torch.no_grad()
@@ -152,10 +130,8 @@ def reconstruct_blocks(model: nn.Module, teacher: OriginalNorms | FrozenTeacher,
 
     `batches`: dicts with input_ids and attention_mask; taken until `max_tokens` real tokens are cached.
     """
-    from dytune.norms import _find_blocks
-
-    base = _base(model)
-    prefix, blocks = _find_blocks(base)
+    base = unwrap(model)
+    prefix, blocks = find_blocks(base)
     outer = [n for n, m in base.named_modules() if isinstance(m, DyT) and not n.startswith(prefix + ".")]
     device = next(base.parameters()).device
     was_training = base.training
@@ -174,8 +150,8 @@ def reconstruct_blocks(model: nn.Module, teacher: OriginalNorms | FrozenTeacher,
                 mask = batch["attention_mask"].to(device)
                 student_calls.append(_capture_first_block(base, blocks[0], ids, mask))
                 with teacher.teacher(model) as teacher_model:
-                    t_base = _base(teacher_model)
-                    teacher_hidden.append(_capture_first_block(t_base, _find_blocks(t_base)[1][0], ids, mask).hidden)
+                    t_base = unwrap(teacher_model)
+                    teacher_hidden.append(_capture_first_block(t_base, find_blocks(t_base)[1][0], ids, mask).hidden)
                 masks.append(mask)
                 tokens += int(mask.sum())
                 if max_tokens is not None and tokens >= max_tokens:
@@ -185,7 +161,7 @@ def reconstruct_blocks(model: nn.Module, teacher: OriginalNorms | FrozenTeacher,
         student_hidden = [call.hidden for call in student_calls]
         per_block = []
         for index, block in enumerate(blocks):
-            with torch.no_grad(), _teacher_block(teacher, model, prefix, index, blocks) as original:
+            with torch.no_grad(), _original_block(teacher, model, prefix, index, blocks) as original:
                 targets = [call.run(original, teacher_hidden[b]) for b, call in enumerate(student_calls)]
             params = list(block.parameters())
             before = _mean_error(lambda b: student_calls[b].run(block, student_hidden[b]), targets, masks, sink_weight)

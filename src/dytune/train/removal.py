@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dytune._blocks import unwrap
 from dytune.errors import DytuneError
+from dytune.train.teacher import run_original
 
 ORDERS = ("all", "depth", "fakeln")
 SHAPES = ("linear", "cosine")
@@ -133,18 +135,12 @@ class NormGates:
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             g = self._weights[name]
-            x = args[0]
-            param = next(norm.parameters(), None)
-            if param is not None and param.device != x.device:
-                norm.to(x.device)
-            return (g * norm(x).float() + (1.0 - g) * output.float()).to(output.dtype)
+            return (g * run_original(norm, args[0]).float() + (1.0 - g) * output.float()).to(output.dtype)
 
         return hook
 
     def set(self, model: nn.Module, gates: dict[str, float]) -> None:
-        from dytune.train.teacher import _base
-
-        base = _base(model)
+        base = unwrap(model)
         for name in list(self._handles):
             if name not in gates:
                 self._handles.pop(name).remove()

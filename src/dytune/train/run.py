@@ -245,7 +245,9 @@ class TrainRecipe:
             self.trainable[group] = self.trainable.get(group, 0) + named[name].numel()
         removal = None
         if cfg.norm == "dyt":
-            kinds = {layer["name"]: layer["kind"] for layer in _base_config(result.model).dyt["layers"]}
+            from dytune._blocks import unwrap
+
+            kinds = {layer["name"]: layer["kind"] for layer in unwrap(result.model).config.dyt["layers"]}
             removal = cfg.removal_schedule(result.norm_names, [kinds[n] for n in result.norm_names])
             if removal.active and cfg.max_steps > 0 and removal.total_steps > cfg.max_steps:
                 raise DytuneError(f"the removal schedule needs {removal.total_steps} steps "
@@ -357,12 +359,6 @@ class TrainRecipe:
             summary.write(run)
         _barrier()
         return summary.to_dict()
-
-
-def _base_config(model: Any) -> Any:
-    from dytune._blocks import unwrap
-
-    return unwrap(model).config
 
 
 def train(config: TrainConfig | dict | str | Path, *, callbacks: list | None = None, **overrides: Any) -> dict:

@@ -24,6 +24,14 @@ from dytune.errors import DytuneError
 _base = unwrap  # the old name, still imported by reconstruct.py and removal.py
 
 
+def run_original(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A kept original norm on a site's input (moved to the input's device first), in the input's dtype."""
+    param = next(norm.parameters(), None)
+    if param is not None and param.device != x.device:
+        norm.to(x.device)
+    return norm(x).to(x.dtype)
+
+
 class OriginalNorms:
     """Original norm layers kept beside a model, and the switch that makes chosen sites use them."""
 
@@ -53,11 +61,7 @@ class OriginalNorms:
         norm = self.originals[name]
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            x = args[0]
-            param = next(norm.parameters(), None)
-            if param is not None and param.device != x.device:
-                norm.to(x.device)
-            return norm(x).to(x.dtype)
+            return run_original(norm, args[0])
 
         return hook
 
