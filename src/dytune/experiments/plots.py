@@ -9,8 +9,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dytune.experiments.runs import NORM_LABELS, Run
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Okabe-Ito colours (colour-blind safe). LN and DyT keep theirs everywhere, the demo's too.
 COLORS = {"layernorm": "#0072B2", "dyt": "#E69F00", "original": "#0072B2", "dyt-before": "#CC79A7"}
@@ -70,6 +74,30 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def y_scale(ax, values: list[float], log: bool | None = None) -> str:
+    """Set, and return, a y scale that keeps every point visible. Positive data spanning more than 20x (or `log`
+    True) gets a log axis. Data with zeros or negatives cannot (a log axis drops those points, and with them
+    the line), so a wide span of it gets symlog, linear within the 10th percentile of |value| so the small
+    values stay readable. Anything else, or `log` False, stays linear."""
+    import numpy as np
+
+    finite = np.array([v for v in values if math.isfinite(v)], dtype=float)
+    sizes = np.abs(finite[finite != 0])
+    scale = "linear"
+    if log is not False and sizes.size:
+        if (finite > 0).all():
+            if log or sizes.max() / sizes.min() > 20:
+                scale = "log"
+        else:
+            linthresh = float(np.percentile(sizes, 10))
+            if log or sizes.max() / linthresh > 20:
+                scale = "symlog"
+                ax.set_yscale("symlog", linthresh=linthresh)
+    if scale != "symlog":
+        ax.set_yscale(scale)
+    return scale
 
 
 def _grid(plt, n: int, width: float = 5.0, height: float = 3.4):
@@ -152,11 +180,19 @@ def loss_curves(runs: list[Run], out_dir: Path) -> list[Path]:
     return written
 
 
-def _line_per_run(plt, runs: list[Run], path: Path, metric: str, x: str, title: str, xlabel: str, ylabel: str,
+def _line_per_run(runs: list[Run], path: Path, metric: str, x: str, title: str, xlabel: str, ylabel: str,
                   log_y: bool | None = None) -> Path | None:
-    """One panel per dataset, one line per run: colour = norm, line style / marker = setting."""
+    fig = line_figure(runs, metric, x, title, xlabel, ylabel, log_y)
+    return None if fig is None else _save(fig, path)
+
+
+def line_figure(runs: list[Run], metric: str, x: str, title: str, xlabel: str, ylabel: str,
+                log_y: bool | None = None) -> Figure | None:
+    """One panel per dataset, one line per run: colour = norm, line style / marker = setting; y scale by `y_scale`
+    (`log_y` None: chosen from the data). None when no run has the metric."""
     from dytune.experiments.runs import is_dyt_only
 
+    plt = _plt()
     keys = varying(runs, exclude=("norm", "dataset"))
     shared = [k for k in keys if not is_dyt_only(k)]  # a DyT run and its LayerNorm twin share a line style
     runs = ordered(runs)
@@ -167,7 +203,7 @@ def _line_per_run(plt, runs: list[Run], path: Path, metric: str, x: str, title: 
     style = {label: i for i, label in enumerate(dict.fromkeys(setting_label(r, shared) for r in runs
                                                               if r.series(metric, x)[1]))}
     for ax, (dataset, group) in zip(axes, groups.items()):
-        lo, hi = math.inf, -math.inf
+        plotted: list[float] = []
         for run in group:
             xs, ys = run.series(metric, x)
             if not ys:
@@ -177,11 +213,8 @@ def _line_per_run(plt, runs: list[Run], path: Path, metric: str, x: str, title: 
             ax.plot(xs, ys, color=COLORS.get(run.norm, "#555555"), ls=LINESTYLES[i % len(LINESTYLES)],
                     marker=MARKERS[i % len(MARKERS)] if len(ys) <= 30 else None, ms=4, lw=1.4,
                     label=f"{NORM_LABELS.get(run.norm, run.norm)}" + (f" ({setting})" if setting else ""))
-            positive = [y for y in ys if y > 0]
-            if positive:
-                lo, hi = min(lo, min(positive)), max(hi, max(positive))
-        if log_y or (log_y is None and hi > 0 and lo > 0 and hi / lo > 20):
-            ax.set_yscale("log")
+            plotted += ys
+        y_scale(ax, plotted, log_y)
         ax.set_title(dataset)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -192,31 +225,34 @@ def _line_per_run(plt, runs: list[Run], path: Path, metric: str, x: str, title: 
             ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def perplexity_per_epoch(runs: list[Run], path: Path) -> Path | None:
-    plt = _plt()
     has_epoch = any(r.series("val_ppl", "epoch")[1] for r in runs)
     x = "epoch" if has_epoch else "step"
-    return _line_per_run(plt, runs, path, "val_ppl", x, "Validation perplexity, LayerNorm vs DyT",
+    return _line_per_run(runs, path, "val_ppl", x, "Validation perplexity, LayerNorm vs DyT",
                          "epoch" if has_epoch else "optimizer step", "validation perplexity")
 
 
 def grad_norms(runs: list[Run], path: Path) -> Path | None:
-    plt = _plt()
-    return _line_per_run(plt, runs, path, "grad_norm", "step", "Gradient norm (before clipping), LayerNorm vs DyT",
+    return _line_per_run(runs, path, "grad_norm", "step", "Gradient norm (before clipping), LayerNorm vs DyT",
                          "optimizer step", "gradient L2 norm", log_y=None)
 
 
 def learning_rates(runs: list[Run], path: Path) -> Path | None:
-    plt = _plt()
-    return _line_per_run(plt, runs, path, "lr", "step", "Learning rate schedule", "optimizer step", "learning rate",
+    return _line_per_run(runs, path, "lr", "step", "Learning rate schedule", "optimizer step", "learning rate",
                          log_y=False)
 
 
 def alpha_trajectories(runs: list[Run], path: Path, max_runs: int = 12) -> Path | None:
     """One panel per DyT run: alpha of every DyT layer against steps, coloured by depth."""
+    fig = alpha_figure(runs, max_runs)
+    return None if fig is None else _save(fig, path)
+
+
+def alpha_figure(runs: list[Run], max_runs: int = 12) -> Figure | None:
+    """The figure of `alpha_trajectories`, unsaved (None when no run has alphas)."""
     plt = _plt()
     import matplotlib
     from matplotlib import cm
@@ -239,9 +275,8 @@ def alpha_trajectories(runs: list[Run], path: Path, max_runs: int = 12) -> Path 
         for i, (layer, (xs, ys)) in enumerate(series.items()):  # colour = relative depth, 0 first .. 1 last
             ax.plot(xs, ys, color=cmap(i / max(1, len(series) - 1)), lw=1.0, marker="o" if len(xs) <= 3 else None,
                     ms=3)
-        values = [v for _, ys in series.values() for v in ys if v > 0]
-        if values and max(values) / min(values) > 20:
-            ax.set_yscale("log")  # alphas of one model can span three decades (massive activations)
+        # alphas of one model can span three decades (massive activations), and some cross zero in training
+        y_scale(ax, [v for _, ys in series.values() for v in ys])
         ax.set_title(setting_label(run, keys) or run.name)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("alpha (mean over channels)")
@@ -249,7 +284,7 @@ def alpha_trajectories(runs: list[Run], path: Path, max_runs: int = 12) -> Path 
     bar = fig.colorbar(sm, ax=axes, label="DyT layer depth", shrink=0.8, aspect=30)
     bar.set_ticks([0, 1], labels=["first", "last"])
     fig.suptitle("DyT alpha per layer during training", fontsize=11)
-    return _save(fig, path)
+    return fig
 
 
 def gap_vs_size(points: list[dict], path: Path) -> Path | None:

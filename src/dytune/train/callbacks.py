@@ -1,14 +1,17 @@
-"""Trainer callbacks: `metrics.jsonl` in the run directory (TensorBoard/W&B come from `report_to`)."""
+"""Trainer callbacks: `metrics.jsonl` in the run directory (TensorBoard/W&B come from `report_to`), and the console
+log, which shows a summary of the per-layer alphas instead of one value per DyT layer."""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from dytune._jsonio import read_jsonl
 
@@ -59,3 +62,52 @@ class TokenBudget(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.num_input_tokens_seen >= self.budget:
             control.should_training_stop = True
+
+
+ALPHA_PREFIX = "alpha/"  # DytuneTrainer.log adds one `alpha/<layer>` key per DyT layer to every training log
+
+
+def summarize_alphas(logs: dict) -> dict:
+    """`logs` with its `alpha/<layer>` keys replaced, where the first of them stood, by `alpha_min`,
+    `alpha_median`, `alpha_max` and `alpha_layers` (plus `alpha_nonfinite` when some alpha is NaN/Inf, which the
+    three statistics leave out). A new dict: the other callbacks (metrics.jsonl, TensorBoard) keep every layer."""
+    alphas = [v for k, v in logs.items() if k.startswith(ALPHA_PREFIX)]
+    if not alphas:
+        return dict(logs)
+    finite = [float(v) for v in alphas if math.isfinite(v)]
+    summary: dict[str, Any] = {}
+    if finite:
+        summary = {"alpha_min": min(finite), "alpha_median": statistics.median(finite), "alpha_max": max(finite)}
+    summary["alpha_layers"] = len(alphas)
+    if len(finite) < len(alphas):
+        summary["alpha_nonfinite"] = len(alphas) - len(finite)
+    out: dict = {}
+    for key, value in logs.items():
+        if not key.startswith(ALPHA_PREFIX):
+            out[key] = value
+        elif summary:
+            out.update(summary)
+            summary = {}
+    return out
+
+
+class AlphaSummaryProgress(ProgressCallback):
+    """HF's progress bar, whose log lines summarise the alphas (`summarize_alphas`)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        super().on_log(args, state, control, logs=summarize_alphas(logs or {}), **kwargs)
+
+
+class AlphaSummaryPrinter(PrinterCallback):
+    """HF's plain log printer (`disable_tqdm`), with the alphas summarised (`summarize_alphas`)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        super().on_log(args, state, control, logs=summarize_alphas(logs or {}), **kwargs)
+
+
+def summarize_alphas_on_console(trainer: Any) -> None:
+    """Swap the Trainer's console callback (ProgressCallback, or PrinterCallback with `disable_tqdm`) for its
+    alpha-summarising subclass; other consoles (a notebook's table) are left as they are."""
+    for hf, ours in ((ProgressCallback, AlphaSummaryProgress), (PrinterCallback, AlphaSummaryPrinter)):
+        if trainer.pop_callback(hf) is not None:
+            trainer.add_callback(ours)

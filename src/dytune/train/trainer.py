@@ -58,6 +58,8 @@ class DytuneTrainer(Trainer):
         self._gates_cleared = False
         self.skipped_steps = 0
         self._eval_nll = self._eval_tokens = None
+        from dytune.train.callbacks import summarize_alphas_on_console
+        summarize_alphas_on_console(self)  # one alpha summary per console line; metrics.jsonl keeps every layer
 
     # -- optimizer -----------------------------------------------------------------------------------------
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
