@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from dytune.errors import DytuneError
-from dytune.experiments.grid import RECIPES, expand_grid, load_grid
+from dytune.experiments.grid import expand_grid, load_grid
+from dytune.train.recipes import load_recipe
 from dytune.experiments.sweep import launch_command, twin_of
 
 
@@ -64,7 +65,7 @@ def test_recipes_and_layernorm_twins(tmp_path):
     grid = expand_grid(spec, tmp_path)
     by_name = {r.name: r for r in grid.runs}
     original = by_name["dyt_original-study"]
-    for key, value in RECIPES["original-study"].items():
+    for key, value in load_recipe("original-study").items():
         assert original.config[key] == value
     assert original.config["keep_affine"] is False and original.config["alpha_init"] == "constant:0.5"
     # each recipe has its own LayerNorm twin (same mode and distillation), told apart by name

@@ -18,7 +18,7 @@ A sweep file (YAML):
       seed: [0, 1]
       learning_rate: [1.0e-4, 3.0e-4]  # any TrainConfig key
       data.max_samples: [1000, 5000]   # a dotted key reaches into `data`
-      recipe: [dytune, original-study] # named presets (RECIPES)
+      recipe: [dytune, original-study] # named presets (dytune/recipes/*.yaml)
     exclude:                           # drop combinations that match every key of an entry
       - {mode: full, learning_rate: 3.0e-4}
     steps: [eval, answers, judge, bench]   # after training (train always runs)
@@ -49,19 +49,8 @@ from typing import Any
 
 from dytune.errors import DytuneError
 from dytune.experiments.runs import is_dyt_only, short_name
+from dytune.train.recipes import load_recipe
 
-# Named recipes: presets of TrainConfig keys, applied before the grid's own values.
-RECIPES: dict[str, dict[str, Any]] = {
-    # the original study's set-up, kept as the baseline whose failure we reproduce: the paper's from-scratch
-    # alpha 0.5 everywhere, the norms' learned gamma/beta thrown away, LoRA with the DyT layers frozen, no
-    # distillation
-    "original-study": {"norm": "dyt", "alpha_init": "constant:0.5", "keep_affine": False, "mode": "lora",
-                       "distill": False},
-    # dytune's training recipe: calibrated alpha, gamma/beta kept exactly (no affine refit: training from it
-    # diverges, docs/conversion.md), DyT trained with the adapters, distillation from the original model
-    "dytune": {"norm": "dyt", "alpha_init": "calibrated", "calibration_refit": "none", "keep_affine": True,
-               "mode": "lora+dyt", "distill": True},
-}
 SWEEP_KEYS = {"name", "output_dir", "base", "datasets", "models", "grid", "exclude", "steps", "eval", "answers",
               "judge", "bench", "launcher"}
 STEPS = ("train", "eval", "answers", "judge", "bench")
@@ -259,9 +248,7 @@ def expand_grid(spec: dict[str, Any], output_dir: str | Path | None = None, base
             recipe = params.get("recipe", base.get("recipe"))
             config.pop("recipe", None)
             if recipe is not None:
-                if recipe not in RECIPES:
-                    raise DytuneError(f"unknown recipe {recipe!r}: choose from {', '.join(RECIPES)}")
-                for k, v in RECIPES[recipe].items():
+                for k, v in load_recipe(recipe).items():
                     config[k] = v
             if "data" in config:
                 config["data"] = _resolve_data(config["data"], datasets)
@@ -285,6 +272,7 @@ def expand_grid(spec: dict[str, Any], output_dir: str | Path | None = None, base
             elif recipe is not None:
                 params["recipe"] = recipe
             parts = [_value_slug(k, params[k], datasets) for k in keys if k in params]
+            config["recipe"] = "none"  # the run's file is complete: the grid applied its recipe above, once
             fingerprint = _fingerprint(config)
             if fingerprint in seen:
                 continue  # the same run again (a LayerNorm twin shared by DyT variants)

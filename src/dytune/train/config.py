@@ -50,6 +50,10 @@ class TrainConfig(TrainingArguments, ConvertConfig):
                 "command line also --data.KEY VALUE"})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa | flash_attention_2"})
     max_length: int | None = field(default=None, metadata={"help": "tokens per example (sets data.max_length)"})
+    recipe: str | None = field(default=None, metadata={
+        "help": "a named preset of these keys under the file and flags (dytune/recipes/NAME.yaml: recover (the "
+                "default of `dytune train`), linear-refit, dytune, original-study, ...; none: no preset). Applied by "
+                "`dytune train` and TrainConfig.from_recipe; a TrainConfig built directly records the name only"})
     norm: str = field(default="dyt", metadata={"help": "layernorm (no conversion: the baseline twin) or dyt"})
     mode: str = field(default="lora+dyt", metadata={"help": "full | lora | lora+dyt | dyt-only"})
     # -- LoRA (PEFT) -------------------------------------------------------------------------------------------
@@ -149,6 +153,12 @@ class TrainConfig(TrainingArguments, ConvertConfig):
             raise DytuneError(f"nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
         if self.local_distill_params not in ("dyt", "block"):
             raise DytuneError(f"local_distill_params must be 'dyt' or 'block', got {self.local_distill_params!r}")
+        if self.recipe is not None:
+            from dytune.train.recipes import NO_RECIPE, recipe_names
+
+            if self.recipe not in (*recipe_names(), NO_RECIPE):
+                raise DytuneError(f"unknown recipe {self.recipe!r}: choose from {', '.join(recipe_names())} (or "
+                                  f"{NO_RECIPE})")
         ConvertConfig.check(self)
         removal = self.removal_schedule((), ())  # validates the removal_* settings
         if self.norm == "layernorm" and (removal.active or self.local_distill_steps or self.reconstruct_steps):
@@ -190,6 +200,15 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         if launched > 1 and self.world_size != launched:
             raise DytuneError(f"launched as {launched} processes but training would run with world size "
                               f"{self.world_size}: each process would train alone and overwrite the others' files")
+
+    @classmethod
+    def from_recipe(cls, recipe: str | None = None, **values: Any) -> TrainConfig:
+        """The named recipe (default: dytune.train.recipes.DEFAULT_RECIPE) with `values` on top."""
+        from dytune.train.recipes import with_recipe
+
+        if recipe is not None:
+            values["recipe"] = recipe
+        return cls(**with_recipe(values))
 
     # -- views --------------------------------------------------------------------------------------------
     def convert_config(self) -> ConvertConfig:
@@ -370,6 +389,9 @@ def parse_config(config_file: str | Path | None = None, argv: list[str] | None =
         data.update(data_flags)
         kwargs["data"] = data
     kwargs.update(overrides)
+    from dytune.train.recipes import with_recipe
+
+    kwargs = with_recipe(kwargs)
     try:
         return TrainConfig(**kwargs)
     except (TypeError, ValueError) as err:

@@ -254,6 +254,8 @@ class TrainRecipe:
                                   f"({len(removal.site_groups())} groups x {removal.steps_per_group}) but max_steps is "
                                   f"{cfg.max_steps}: the saved model would be DyT with norms never removed in "
                                   "training; shorten the schedule")
+        if cfg.bf16 and isinstance(self.teacher, FrozenTeacher):
+            self.teacher.cast(torch.bfloat16)  # after the stages above, which fit blocks to its float32 outputs
         callbacks = [MetricsJsonl(run / "metrics.jsonl")]
         if cfg.max_train_tokens:
             callbacks.append(TokenBudget(cfg.max_train_tokens))

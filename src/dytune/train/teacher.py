@@ -100,6 +100,11 @@ class FrozenTeacher:
         self.model = model.eval()
         self.model.requires_grad_(False)
 
+    def cast(self, dtype: torch.dtype) -> None:
+        """Keep the teacher's weights in `dtype` (bf16 runs: it never trains, and autocast would re-cast every
+        frozen weight at every forward, since its cast cache keeps only weights that require grad)."""
+        self.model.to(dtype)
+
     def shard(self, device: torch.device) -> None:
         """Under FSDP2, shard the teacher like the student (each block, then the root) so that no process holds
         a whole second model. Unverified on GPUs so far."""
