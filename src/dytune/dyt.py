@@ -1,10 +1,14 @@
 """Dynamic Tanh (DyT), the drop-in replacement for LayerNorm / RMSNorm.
 
-    y = weight * tanh(alpha * x) + bias
+    y = weight * tanh(alpha * x) + bias                       form "tanh" (default)
+    y = weight * (alpha * xc) + bias, xc = x - mean(x) or x   form "linear" (FakeLN: a fixed 1/sigma scale)
 
-Zhu, Chen, He, LeCun, Liu, "Transformers without Normalization", CVPR 2025 (arXiv:2503.10622).
+Zhu, Chen, He, LeCun, Liu, "Transformers without Normalization", CVPR 2025 (arXiv:2503.10622). The linear
+form is the "FakeLN" of Heimersheim 2024 and Baroni et al. 2025 (a norm whose per-token divisor is frozen to
+one measured sigma per layer); `center` subtracts the token mean first, as the LayerNorm it replaces did.
 `weight` (gamma) and `bias` (beta) keep the names the replaced norm used, so the norm's learned scale and
-shift map onto them one to one. DyT is elementwise: unlike a norm it computes no per-token statistic.
+shift map onto them one to one. DyT is elementwise: unlike a norm it computes no per-token statistic (the
+linear form's mean, with `center`, is a fixed linear projection, not a normalisation).
 
 Two ways to compute it, chosen per call (`set_kernel`, or the environment variable `DYTUNE_DYT_KERNEL`):
 
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 from dytune.errors import DytuneError
 
 KERNELS = ("auto", "fused", "reference")
+FORMS = ("tanh", "linear")
 FUSED_MIN_ELEMENTS = 8192  # below this the compiled kernel's ~20 us call overhead outweighs its saving
 _kernel = os.environ.get("DYTUNE_DYT_KERNEL", "auto")  # checked at the first call (`_use_fused`)
 
@@ -161,6 +166,18 @@ def dyt_reference(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor | None 
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
+def dyt_linear(x: Tensor, alpha: Tensor, weight: Tensor, bias: Tensor | None = None, center: bool = False) -> Tensor:
+    """The linear form, weight * (alpha * xc) + bias, in float32 (float64 for float64 inputs); xc is x less its
+    mean over the last dimension with `center`, else x."""
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if center:
+        xf = xf - xf.mean(-1, keepdim=True)
+    y = weight * (alpha * xf)
+    if bias is not None:
+        y = y + bias
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
 def _use_fused(x: Tensor) -> bool:
     if _kernel == "reference" or x.dim() == 0:
         return False
@@ -181,6 +198,8 @@ class DyT(nn.Module):
         alpha_init: initial alpha; a float, or a tensor of shape `[normalized_shape]` for per-channel alpha.
         per_channel: learn one alpha per channel instead of one scalar.
         bias: whether to learn a shift beta (False when replacing an RMSNorm, which has none).
+        form: "tanh" (DyT) or "linear" (FakeLN: `weight * (alpha * x) + bias`, alpha a fixed 1/sigma to start).
+        center: with the linear form, subtract each token's mean first (replacing a LayerNorm).
 
     alpha is stored with shape `[1]` (or `[normalized_shape]`), never 0-dim: FSDP rejects scalar parameters.
     All parameters are kept in float32 whatever dtype the model is cast to, and the formula is evaluated in
@@ -188,14 +207,25 @@ class DyT(nn.Module):
     would silently never train.
     """
 
+    form = "tanh"  # class defaults: a DyT pickled before forms existed unpickles as tanh
+    center = False
+
     def __init__(
         self,
         normalized_shape: int,
         alpha_init: float | torch.Tensor = 1.0,
         per_channel: bool = False,
         bias: bool = True,
+        form: str = "tanh",
+        center: bool = False,
     ) -> None:
         super().__init__()
+        if form not in FORMS:
+            raise DytuneError(f"unknown DyT form {form!r}: expected one of {', '.join(FORMS)}")
+        if center and form != "linear":
+            raise DytuneError("center=True is for the linear form only (tanh does not subtract a mean)")
+        self.form = form
+        self.center = bool(center)
         self.normalized_shape = int(normalized_shape)
         self.per_channel = bool(per_channel)
         alpha_shape = (self.normalized_shape,) if per_channel else (1,)
@@ -219,6 +249,8 @@ class DyT(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "linear":  # plain torch ops: the fused kernel computes tanh only
+            return dyt_linear(x, self.alpha, self.weight, self.bias, self.center)
         if _use_fused(x):
             try:
                 return dyt_fused(x, self.alpha, self.weight, self.bias)
@@ -250,4 +282,5 @@ class DyT(nn.Module):
             alpha = "per-channel" if self.per_channel else "?"
         else:
             alpha = f"{self.alpha.detach().float().item():.4g}"
-        return f"{self.normalized_shape}, alpha={alpha}, bias={self.bias is not None}"
+        form = f", form=linear, center={self.center}" if self.form == "linear" else ", form=tanh"
+        return f"{self.normalized_shape}, alpha={alpha}, bias={self.bias is not None}{form}"

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from dytune.dyt import DyT
+from dytune.dyt import FORMS, DyT
 from dytune.errors import DytuneError
 
 MODEL_TYPE = "dytune"
@@ -215,6 +215,11 @@ def check_dyt_block(dyt: object, location: object = None) -> None:
             isinstance(layer, dict) and all(key in layer for key in fields) for layer in layers):
         raise DytuneError(f"{where}config.json's dyt block has no valid 'layers' list (each entry needs "
                           f"{', '.join(fields)}): {hand}")
+    forms = sorted({str(layer.get("form", "tanh")) for layer in layers} - set(FORMS))
+    if forms:
+        raise DytuneError(f"{where}config.json's dyt block names DyT form(s) {', '.join(forms)}, which this dytune "
+                          f"does not know (it knows {', '.join(FORMS)}): upgrade dytune, or convert the original "
+                          "model again")
 
 
 def _causal_lm_class(base_type: str, names: dict) -> type:
@@ -302,8 +307,10 @@ def build_dyt_layers(model: nn.Module, spec: dict) -> None:
             raise DytuneError(f"config.json's dyt block names layer {layer['name']!r}, which this "
                               f"{type(model).__mro__[1].__name__} does not have: the config was edited by hand or "
                               "belongs to another model; convert the original model again")
+        # form/center absent: a checkpoint from before the linear form, i.e. tanh
         dyt = DyT(layer["hidden_size"], alpha_init=layer.get("alpha_init", 1.0),
-                  per_channel=layer["per_channel"], bias=layer["bias"])
+                  per_channel=layer["per_channel"], bias=layer["bias"], form=layer.get("form", "tanh"),
+                  center=layer.get("center", False))
         setattr(parent, child, dyt)
     _dyt_aware_init(model)
 
@@ -320,11 +327,12 @@ def mark_converted(model: nn.Module, *, sites, report) -> None:  # noqa: ANN001
         dyt = model.get_submodule(site.name)
         spec_layers.append({"name": site.name, "kind": site.kind, "norm_type": site.norm_type,
                             "hidden_size": site.hidden_size, "per_channel": dyt.per_channel,
-                            "bias": dyt.bias is not None,
+                            "bias": dyt.bias is not None, "form": dyt.form, "center": dyt.center,
                             "alpha_init": float(dyt.alpha.detach().mean())})
     config.__class__ = _dyt_config_class(type(config))
     config.dyt = {
         "base_model_type": type(config).__mro__[1].model_type,
+        "form": getattr(report, "form", "dyt"),
         "alpha_init": report.alpha_init,
         "per_channel": report.per_channel,
         "kinds": list(report.kinds),

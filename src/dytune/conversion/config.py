@@ -22,6 +22,7 @@ ALPHA_INITS = ("calibrated", "paper", "constant:VALUE")
 METHODS = ("sequential", "parallel")
 REFITS = ("none", "affine", "linear")  # see dytune.conversion.init.refit
 RIDGE_TARGETS = ("zero", "original")  # what the linear refit's ridge pulls towards
+FORMS = {"dyt": "tanh", "fakeln": "linear"}  # ConvertConfig.form -> the DyT module's form (dytune.dyt.FORMS)
 
 
 @dataclass
@@ -62,6 +63,11 @@ class ConvertConfig:
     refit_ridge_to: str = field(default="zero", metadata={
         "choices": RIDGE_TARGETS,
         "help": "what that ridge pulls towards: zero, or what each layer computed before the refit"})
+    form: str = field(default="dyt", metadata={
+        "choices": tuple(FORMS),
+        "help": "dyt (weight * tanh(alpha x) + bias) or fakeln (a fixed scale: weight * alpha x + bias, mean "
+                "subtracted where the norm was a LayerNorm; calibrated alpha = 1 / the input's mean per-token "
+                "std or RMS, first tokens excluded)"})
 
     def __post_init__(self) -> None:
         self.check()
@@ -89,6 +95,11 @@ class ConvertConfig:
     def from_object(cls, obj: Any) -> ConvertConfig:
         """The conversion fields of any object that has them (a `TrainConfig`, an argparse namespace)."""
         return cls(**{f.name: getattr(obj, f.name) for f in fields(cls) if hasattr(obj, f.name)})
+
+    @property
+    def dyt_form(self) -> str:
+        """The form of the DyT modules this conversion builds ("tanh" or "linear")."""
+        return FORMS[self.form]
 
     @property
     def refit(self) -> str:

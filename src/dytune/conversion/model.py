@@ -104,7 +104,8 @@ def convert(
                           + ", ".join(sorted({s.kind for s in sites})))
     refit = config.refit
     report = ConversionReport(alpha_init=str(config.alpha_init), per_channel=config.per_channel, kinds=list(kinds),
-                              refit=refit, refit_ridge=config.refit_ridge if refit == "linear" else None,
+                              form=config.form, refit=refit,
+                              refit_ridge=config.refit_ridge if refit == "linear" else None,
                               refit_ridge_to=config.refit_ridge_to if refit == "linear" else None)
     fitted: dict[str, tuple[DyT, float]] = {}
     if strategy == "calibrated":
@@ -114,7 +115,8 @@ def convert(
         fitted, report.calibration_tokens = calibrate_sites(
             model, selected, batches, per_channel=config.per_channel, keep_affine=config.keep_affine,
             method=config.calibration_method, refit=refit, sink_weight=config.sink_weight, ridge=config.refit_ridge,
-            ridge_to=config.refit_ridge_to, max_tokens=config.calibration_max_tokens, progress=progress)
+            ridge_to=config.refit_ridge_to, max_tokens=config.calibration_max_tokens, progress=progress,
+            form=config.dyt_form)
     originals: dict[str, nn.Module] = {}
     for site in sites:
         if site.kind not in kinds:
@@ -124,7 +126,9 @@ def convert(
             dyt, err = fitted[site.name]
         else:
             alpha = paper_alpha(site.kind, site.hidden_size) if strategy == "paper" else constant
-            dyt, err = make_dyt(site, alpha, per_channel=config.per_channel, keep_affine=config.keep_affine), None
+            dyt = make_dyt(site, alpha, per_channel=config.per_channel, keep_affine=config.keep_affine,
+                           form=config.dyt_form)
+            err = None
         originals[site.name] = site.module
         model.set_submodule(site.name, dyt)
         a = dyt.alpha.detach()

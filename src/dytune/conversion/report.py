@@ -25,6 +25,7 @@ class ConversionReport:
     kinds: list[str]
     layers: list[LayerReport] = field(default_factory=list)
     calibration_tokens: int = 0
+    form: str = "dyt"  # ConvertConfig.form: dyt (tanh) or fakeln (the linear form)
     refit: str = "none"  # which parameters calibration refitted besides alpha (ConvertConfig.calibration_refit)
     refit_ridge: float | None = None  # the "linear" refit's ridge strength
     refit_ridge_to: str | None = None  # and what it pulls towards
@@ -54,7 +55,9 @@ class ConversionReport:
             rows.append(f"| {r.name} | {r.kind} | {r.norm_type} | {'yes' if r.converted else 'no'} | {alpha} | {err} |")
         n = len(self.converted)
         rows.append("")
-        rows.append(f"{n} of {len(self.layers)} norm layers converted; alpha init: {self.alpha_init}"
+        rows.append(f"{n} of {len(self.layers)} norm layers converted"
+                    + ("" if self.form == "dyt" else f" to {self.form}")
+                    + f"; alpha init: {self.alpha_init}"
                     + (f"; calibration tokens: {self.calibration_tokens}" if self.calibration_tokens else "")
                     + (f"; least-squares refit: {self.refit}" if self.refit != "none" else ""))
         return "\n".join(rows)

@@ -7,7 +7,9 @@ Written next to the weights by `dytune.save(..., portable=True)`; transformers i
 
 Self-contained (torch and transformers only): the model is the base architecture's own causal-LM class with
 the norms listed in `config.dyt` replaced by DyT, `y = weight * tanh(alpha * x) + bias` (Zhu et al.,
-"Transformers without Normalization", CVPR 2025). It computes exactly what dytune's DyT computes.
+"Transformers without Normalization", CVPR 2025), or, for a layer of form "linear" (FakeLN, a fixed scale),
+`y = weight * (alpha * xc) + bias` with xc = x less its mean where `center`. It computes exactly what dytune's
+DyT computes.
 """
 
 import torch
@@ -24,8 +26,11 @@ class DyT(nn.Module):
     """Dynamic Tanh over the last dimension; parameters stay float32 and the formula runs in float32 whatever
     dtype the model is cast to (in bf16 a small alpha update would round away)."""
 
-    def __init__(self, normalized_shape, alpha_init=1.0, per_channel=False, bias=True):
+    def __init__(self, normalized_shape, alpha_init=1.0, per_channel=False, bias=True, form="tanh", center=False):
         super().__init__()
+        if form not in ("tanh", "linear"):
+            raise ValueError(f"unknown DyT form {form!r} in config.dyt: this model needs a newer dytune to load")
+        self.form, self.center = form, bool(center)
         self.normalized_shape = int(normalized_shape)
         self.per_channel = bool(per_channel)
         size = self.normalized_shape if per_channel else 1
@@ -44,7 +49,13 @@ class DyT(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x):
-        y = torch.tanh(self.alpha * x.float()) * self.weight
+        if self.form == "linear":
+            xf = x.float()
+            if self.center:
+                xf = xf - xf.mean(-1, keepdim=True)
+            y = self.weight * (self.alpha * xf)
+        else:
+            y = torch.tanh(self.alpha * x.float()) * self.weight
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype)
@@ -59,7 +70,8 @@ class DyT(nn.Module):
         return self
 
     def extra_repr(self):
-        return f"{self.normalized_shape}, per_channel={self.per_channel}, bias={self.bias is not None}"
+        return (f"{self.normalized_shape}, per_channel={self.per_channel}, bias={self.bias is not None}, "
+                f"form={self.form}" + (f", center={self.center}" if self.form == "linear" else ""))
 
 
 def _dyt_aware_init(model):
@@ -84,7 +96,8 @@ def _init(self, config, *args, **kwargs):
         parent_name, _, child = layer["name"].rpartition(".")
         parent = self.get_submodule(parent_name) if parent_name else self
         setattr(parent, child, DyT(layer["hidden_size"], alpha_init=layer.get("alpha_init", 1.0),
-                                   per_channel=layer["per_channel"], bias=layer["bias"]))
+                                   per_channel=layer["per_channel"], bias=layer["bias"],
+                                   form=layer.get("form", "tanh"), center=layer.get("center", False)))
     _dyt_aware_init(self)
 
 

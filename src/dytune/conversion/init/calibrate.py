@@ -3,6 +3,7 @@
 For a norm with input x and output y = norm(x), the fit minimises the mean squared error of
 gamma * tanh(alpha * x) + beta against y over calibration tokens, by a log-spaced grid search refined by
 golden-section search (a 1-D, cheap, derivative-free fit; alpha spans ~0.01..20 in real models).
+The linear form (FakeLN) needs no search: its alpha is 1 / the norm's mean per-token divisor (`fit_scale`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from dytune._blocks import StopForward, find_blocks, layer_index, record_calls
 from dytune.conversion.config import METHODS, REFITS, RIDGE_TARGETS
 from dytune.conversion.init import refit as refits
-from dytune.conversion.init.fixed import make_dyt
-from dytune.dyt import DyT
+from dytune.conversion.init.fixed import centers, make_dyt
+from dytune.dyt import FORMS, DyT
 from dytune.norms import NormSite
 
 ALPHA_GRID = torch.logspace(-3, 3, 193)  # 0.001 .. 1000
@@ -55,14 +56,9 @@ def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, tar
     The coarse grid runs on an evenly strided subset of tokens and the golden-section refinement on a
     larger one: the grid's tanh evaluations (grid points x tokens x hidden) dominate the conversion time.
     """
-    rows = _strided_index(x.shape[0], REFINE_TOKENS)
-    x = x[rows].float()
-    y = site.reference_output(x) if target is None else target[rows].float().to(x.device)
-    w = None if weights is None else weights[rows].float().to(x.device)
-    w = None if w is None else w / w.mean()
+    x, y, w, denom = _fit_rows(x, site, target, weights)
     gamma, beta = site.gamma().to(x.device), site.beta()
     beta = None if beta is None else beta.to(x.device)
-    denom = (y.pow(2) if w is None else w.unsqueeze(1) * y.pow(2)).mean().clamp_min(1e-12)
     with_bias = beta is not None or (refit_affine and REFIT_ADDS_BIAS)
 
     def errors_on(xs, ys, ws, alpha) -> torch.Tensor:  # per-channel (weighted) MSE, shape (hidden,)
@@ -92,6 +88,54 @@ def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, tar
         new_gamma, new_beta, err = refits.affine_fit(torch.tanh(alpha * x), y, w, with_bias)
     else:
         err = errors_on(x, y, w, alpha)
+    return FitResult(alpha=alpha, rel_error=float(err.mean() / denom), gamma=new_gamma, beta=new_beta)
+
+
+def _fit_rows(x: torch.Tensor, site: NormSite, target: torch.Tensor | None,  # noqa: ANN202
+              weights: torch.Tensor | None):
+    """The rows a fit measures its error on (an evenly strided REFINE_TOKENS of them): (x, target, normalised
+    row weights or None, the target's weighted mean square: the relative error's denominator)."""
+    rows = _strided_index(x.shape[0], REFINE_TOKENS)
+    x = x[rows].float()
+    y = site.reference_output(x) if target is None else target[rows].float().to(x.device)
+    w = None if weights is None else weights[rows].float().to(x.device)
+    w = None if w is None else w / w.mean()
+    denom = (y.pow(2) if w is None else w.unsqueeze(1) * y.pow(2)).mean().clamp_min(1e-12)
+    return x, y, w, denom
+
+
+def token_scale(x: torch.Tensor, center: bool, eps: float = 0.0) -> torch.Tensor:
+    """Each row's scale as a norm divides by it: sqrt(mean(xc^2) + eps), xc = x less its mean with `center`
+    (LayerNorm: the std), else x (RMSNorm: the RMS). x (..., hidden) -> (...)."""
+    x = x.float()
+    if center:
+        x = x - x.mean(-1, keepdim=True)
+    return (x.pow(2).mean(-1) + eps).sqrt()
+
+
+def fit_scale(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, center: bool = False,
+              target: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+              first: torch.Tensor | None = None, refit_affine: bool = False) -> FitResult:
+    """alpha = 1 / sigma for the linear form (FakeLN), given a norm's recorded inputs `x` (tokens, hidden).
+
+    sigma is the mean of the per-token scale the norm divides by (`token_scale`, with the norm's eps) over every
+    row except each sequence's first (`first`, a bool per row): the attention sink's scale is far larger
+    (Baroni et al. 2025's EXP_NON_BOS_AVERAGE_STD). Per-channel alpha starts at that same 1/sigma everywhere.
+    `refit_affine`: gamma (and beta) become per-channel least-squares parameters for that alpha, as in
+    `fit_alpha`; otherwise they stay the norm's. `target`, `weights`: as in `fit_alpha` (the error only)."""
+    scales = token_scale(x, center, site.eps)
+    kept = scales if first is None or bool(first[: len(scales)].all()) else scales[~first[: len(scales)].bool()]
+    alpha = (1.0 / kept.mean()).reshape(1).expand(site.hidden_size if per_channel else 1).clone()
+    x, y, w, denom = _fit_rows(x, site, target, weights)
+    z = alpha * (x - x.mean(-1, keepdim=True) if center else x)
+    new_gamma = new_beta = None
+    beta = site.beta()
+    if refit_affine:
+        new_gamma, new_beta, err = refits.affine_fit(z, y, w, beta is not None or REFIT_ADDS_BIAS)
+    else:
+        out = z * site.gamma().to(x.device) + (0.0 if beta is None else beta.to(x.device))
+        sq = (out - y).pow(2)
+        err = (sq if w is None else w.unsqueeze(1) * sq).mean(0)
     return FitResult(alpha=alpha, rel_error=float(err.mean() / denom), gamma=new_gamma, beta=new_beta)
 
 
@@ -196,8 +240,12 @@ def calibrate_sites(
     ridge_to: str = "zero",
     max_tokens: int = 16384,
     progress: bool = True,
+    form: str = "tanh",
 ) -> tuple[dict[str, tuple[DyT, float]], int]:
     """Fit a DyT for every site; returns ({name: (dyt, rel_error)}, calibration token count).
+
+    `form` "tanh" fits alpha (`fit_alpha`); "linear" (FakeLN) sets alpha = 1/sigma from the same recorded inputs
+    (`fit_scale`). Both then go through the same refits.
 
     "parallel": every norm is fitted on the original model's activations, in one forward pass.
     "sequential": block by block on the partly converted model (each fitted DyT replaces its norm in `model`
@@ -214,6 +262,8 @@ def calibrate_sites(
         raise ValueError(f"unknown refit {refit!r}: choose from {', '.join(REFITS)}")
     if refit == "linear" and method != "sequential":
         raise ValueError("refit='linear' needs calibration_method='sequential'")
+    if form not in FORMS:
+        raise ValueError(f"unknown DyT form {form!r}: choose from {', '.join(FORMS)}")
     if ridge_to not in RIDGE_TARGETS:
         raise ValueError(f"unknown ridge_to {ridge_to!r}: choose from {', '.join(RIDGE_TARGETS)}")
     if not keep_affine:
@@ -222,12 +272,18 @@ def calibrate_sites(
                        for b in batches))
     masks = [b.get("attention_mask") for b in batches]
     weights = _sink_weights(batches, sink_weight)[:max_tokens]
+    first = _first_rows(batches)[:max_tokens]
     fitted: dict[str, tuple[DyT, float]] = {}
 
     def fit_and_install(site: NormSite, x: torch.Tensor, target: torch.Tensor | None = None) -> DyT:
-        result = fit_alpha(x, site if keep_affine else _identity_affine(site), per_channel=per_channel,
-                           target=target, weights=weights[: x.shape[0]], refit_affine=refit != "none")
-        dyt = _dyt_from_fit(site, result, per_channel, keep_affine)
+        fit_site = site if keep_affine else _identity_affine(site)
+        common = dict(per_channel=per_channel, target=target, weights=weights[: x.shape[0]],
+                      refit_affine=refit != "none")
+        if form == "linear":
+            result = fit_scale(x, fit_site, center=centers(site, form), first=first[: x.shape[0]], **common)
+        else:
+            result = fit_alpha(x, fit_site, **common)
+        dyt = _dyt_from_fit(site, result, per_channel, keep_affine, form)
         fitted[site.name] = (dyt, result.rel_error)
         if method == "sequential":
             model.set_submodule(site.name, dyt)
@@ -301,9 +357,10 @@ def calibrate_sites(
     return fitted, n_tokens
 
 
-def _dyt_from_fit(site: NormSite, result: FitResult, per_channel: bool, keep_affine: bool) -> DyT:
+def _dyt_from_fit(site: NormSite, result: FitResult, per_channel: bool, keep_affine: bool,
+                  form: str = "tanh") -> DyT:
     dyt = make_dyt(site, result.alpha, per_channel=per_channel, keep_affine=keep_affine,
-                   bias=site.has_bias or result.beta is not None)
+                   bias=site.has_bias or result.beta is not None, form=form)
     if result.gamma is not None:
         dyt.weight.data.copy_(result.gamma.to(dyt.weight.device))
     if result.beta is not None:
@@ -315,7 +372,7 @@ def _final_norm_logit_fit(site: NormSite, dyt: DyT, x: torch.Tensor, target: tor
                           head_weight: torch.Tensor) -> None:
     """The final norm feeds the LM head directly: refit its gamma for the logits' error, not the hidden's."""
     rows = _strided_index(x.shape[0], REFINE_TOKENS)
-    z = torch.tanh(dyt.alpha.detach().float().cpu() * x[rows])
+    z = _features(dyt, x[rows])
     gamma, beta = refits.logit_metric_affine(z, target[rows], weights[rows], head_weight, with_bias=dyt.bias is not None)
     dyt.weight.data.copy_(gamma.to(dyt.weight.device))
     if beta is not None:
@@ -344,10 +401,10 @@ def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens
 
 def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
                ridge: float = 1e-3, ridge_to: str = "zero") -> tuple[torch.Tensor, float]:
-    """The full least-squares map from the DyT's tanh features to `target`, for its consumers to absorb: the DyT
+    """The full least-squares map from the DyT's features (`_features`) to `target`, for its consumers to absorb: the DyT
     keeps gamma = 1 (and the offset in beta, where it has one). Returns (map (in, out), relative error).
     `ridge_to="original"`: the ridge pulls towards the DyT's own affine fit (diag(gamma), beta)."""
-    z = torch.tanh(dyt.alpha.detach().float().cpu() * x)
+    z = _features(dyt, x)
     features = torch.cat([z, torch.ones(len(z), 1)], 1) if dyt.bias is not None else z
     prior = None
     if ridge_to == "original":
@@ -366,6 +423,14 @@ def _ridge_map(dyt: DyT, x: torch.Tensor, target: torch.Tensor, weights: torch.T
     return mapping, error
 
 
+def _features(dyt: DyT, x: torch.Tensor) -> torch.Tensor:
+    """What the DyT multiplies by gamma, on CPU rows x: tanh(alpha x), or alpha x (centred) for the linear form."""
+    alpha = dyt.alpha.detach().float().cpu()
+    if dyt.form == "linear":
+        return alpha * (x - x.mean(-1, keepdim=True) if dyt.center else x)
+    return torch.tanh(alpha * x)
+
+
 def _run_block(block, calls, hiddens, modules, outputs: bool = False):  # noqa: ANN001, ANN202
     """Run `block` on every batch; returns ([per module: list of its inputs (or outputs)], block outputs)."""
     new_hiddens = []
@@ -378,16 +443,21 @@ def _run_block(block, calls, hiddens, modules, outputs: bool = False):  # noqa: 
     return kept, new_hiddens
 
 
-def _sink_weights(batches: list[dict], sink_weight: float) -> torch.Tensor:
-    """Row weights in `_real_tokens` order: `sink_weight` for each sequence's first real token, else 1."""
+def _first_rows(batches: list[dict]) -> torch.Tensor:
+    """A bool per row in `_real_tokens` order: True for each sequence's first real token (the attention sink)."""
     rows = []
     for batch in batches:
         mask = batch.get("attention_mask")
         mask = torch.ones_like(batch["input_ids"]) if mask is None else mask
         mask = mask.bool()
         first = mask & (mask.long().cumsum(1) == 1)
-        rows.append(torch.where(first[mask], float(sink_weight), 1.0))
-    return torch.cat(rows).float()
+        rows.append(first[mask])
+    return torch.cat(rows)
+
+
+def _sink_weights(batches: list[dict], sink_weight: float) -> torch.Tensor:
+    """Row weights in `_real_tokens` order: `sink_weight` for each sequence's first real token, else 1."""
+    return torch.where(_first_rows(batches), float(sink_weight), 1.0).float()
 
 
 def _real_tokens(recorded: list[torch.Tensor], masks: list, max_tokens: int) -> torch.Tensor:

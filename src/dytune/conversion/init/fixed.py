@@ -1,5 +1,6 @@
-"""Fixed-scale DyT initialisation: a DyT for a norm with the norm's gamma/beta and a given alpha (a constant, or
-the paper's width rule). Calibration (`calibrate.py`) chooses alpha from data and builds its DyT with `make_dyt`."""
+"""Fixed-scale DyT initialisation: a DyT (either form) for a norm with the norm's gamma/beta and a given alpha (a
+constant, or the paper's width rule). Calibration (`calibrate.py`) chooses alpha from data and builds its DyT
+with `make_dyt`."""
 
 from __future__ import annotations
 
@@ -33,14 +34,20 @@ def paper_alpha(kind: str, width: int) -> float:
     return math.exp(math.log(a) * (1 - t) + math.log(b) * t)
 
 
+def centers(site: NormSite, form: str) -> bool:
+    """Whether a DyT of `form` for `site` subtracts the token mean: the linear form does where the norm did."""
+    return form == "linear" and site.norm_type == "layernorm"
+
+
 def make_dyt(site: NormSite, alpha: float | torch.Tensor, per_channel: bool = False, keep_affine: bool = True,
-             bias: bool | None = None) -> DyT:
-    """A DyT for `site` with the norm's gamma/beta copied exactly (or identity affine if not `keep_affine`).
-    `bias`: give the DyT a beta even where the norm has none (zero-initialised; calibration refits fill it)."""
+             bias: bool | None = None, form: str = "tanh") -> DyT:
+    """A DyT of `form` ("tanh" or "linear") for `site` with the norm's gamma/beta copied exactly (or identity
+    affine if not `keep_affine`). `bias`: give the DyT a beta even where the norm has none (zero-initialised;
+    calibration refits fill it)."""
     alpha_t = torch.as_tensor(alpha, dtype=torch.float32).flatten()
     per_channel = per_channel or alpha_t.numel() > 1
     dyt = DyT(site.hidden_size, alpha_init=alpha_t if per_channel else alpha_t[:1], per_channel=per_channel,
-              bias=site.has_bias if bias is None else bias)
+              bias=site.has_bias if bias is None else bias, form=form, center=centers(site, form))
     device = next(site.module.parameters(), torch.empty(0)).device
     dyt.to(device)
     if keep_affine:
