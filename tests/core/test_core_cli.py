@@ -129,7 +129,7 @@ def test_every_convert_flag_is_a_convert_config_field_accepted_by_train():
     given = {"alpha_init": "paper", "norms": "attn,final", "per_channel": "true", "keep_affine": "false",
              "calibration": "data.json", "calibration_samples": "7", "calibration_max_length": "99",
              "calibration_max_tokens": "123", "calibration_method": "parallel", "calibration_refit": "none",
-             "sink_weight": "3.5", "refit_ridge": "0.25", "refit_ridge_to": "original"}
+             "sink_weight": "3.5", "refit_ridge": "0.25", "refit_ridge_to": "original", "form": "fakeln"}
     assert set(given) == {f.name for f in fields(ConvertConfig)}
     argv = [x for name, value in given.items() for x in (options[name].option_strings[0], value)]
     from_cli = ConvertConfig.from_object(convert.parse_args(["src", "out", *argv]))

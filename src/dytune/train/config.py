@@ -97,6 +97,12 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         **DYT_ONLY,
         "help": "steps each group trains at gate 0 before the next group's ramp starts"})
     removal_shape: str = field(default="linear", metadata={**DYT_ONLY, "help": "linear | cosine: the ramp's shape"})
+    uniform_scale_weight: float = field(default=0.0, metadata={
+        **DYT_ONLY, "help": "weight of Baroni et al.'s auxiliary loss pulling each token's scale at the chosen sites' "
+                            "inputs towards the mean (dytune.train.uniform_scale; they use 0.1 with FakeLN); 0 = off"})
+    uniform_scale_kinds: str = field(default="final", metadata={
+        **DYT_ONLY, "help": "the converted sites that loss looks at: comma-separated kinds (final, attn, ffn, ...) "
+                            "or all"})
     local_distill_steps: int = field(default=0, metadata={
         **DYT_ONLY,
         "help": "before training: steps of block-wise distillation (each block vs the teacher's block output)"})
@@ -164,6 +170,8 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         if self.norm == "layernorm" and (removal.active or self.local_distill_steps or self.reconstruct_steps):
             raise DytuneError("gradual removal, local_distill_steps and reconstruct_steps convert norms: they need "
                               "norm: dyt")
+        if self.uniform_scale_weight < 0:
+            raise DytuneError(f"uniform_scale_weight must be >= 0 (0: off), got {self.uniform_scale_weight}")
         if self.reconstruct_steps < 0 or self.reconstruct_tokens <= 0 or self.reconstruct_lr <= 0:
             raise DytuneError("reconstruct_steps must be >= 0, reconstruct_tokens and reconstruct_lr > 0")
         if (self.distill_hidden_weight or self.distill_weight == 0) and not self.distill:

@@ -58,6 +58,13 @@ class DytuneTrainer(Trainer):
         self._gates_cleared = False
         self.skipped_steps = 0
         self._eval_nll = self._eval_tokens = None
+        self._scale_hooks = None
+        if getattr(self.dy, "uniform_scale_weight", 0.0) and self.dy.norm == "dyt":
+            from dytune._blocks import unwrap
+            from dytune.train.uniform_scale import UniformScaleHooks
+
+            kinds = None if self.dy.uniform_scale_kinds == "all" else self.dy.uniform_scale_kinds.split(",")
+            self._scale_hooks = UniformScaleHooks(unwrap(self.model), kinds=kinds)
         from dytune.train.callbacks import summarize_alphas_on_console
         summarize_alphas_on_console(self)  # one alpha summary per console line; metrics.jsonl keeps every layer
 
@@ -100,6 +107,10 @@ class DytuneTrainer(Trainer):
             ce = nll / n.clamp_min(1) / ga
         total = self.dy.ce_weight * ce
         parts = {"ce": float(nll.detach() / n.clamp_min(1))}
+        if self._scale_hooks is not None:  # Baroni et al.'s auxiliary loss: every token's scale near the mean
+            scale = self._scale_hooks.loss(forward.get("input_ids"), mask)
+            total = total + self.dy.uniform_scale_weight * scale / ga
+            parts["uniform_scale"] = float(scale.detach())
         if distill:
             with torch.no_grad(), self.teacher.teacher(model) as teacher_model:
                 t_out = teacher_model(**forward, use_cache=False, output_hidden_states=want_hidden)
