@@ -25,8 +25,7 @@ base_model: {base}
 
 # {title}
 
-This model is **{base}** with its normalization layers replaced by Dynamic Tanh
-(DyT, `y = gamma * tanh(alpha * x) + beta`; Zhu et al., "Transformers without Normalization", CVPR 2025),
+This model is **{base}** with its normalization layers replaced by {form},
 converted with [dytune](https://pypi.org/project/dytune/).
 
 - Converted norm layers: {n_layers} ({kinds})
@@ -52,6 +51,12 @@ DyT is not one of their layers. Use transformers (eager or `torch.compile`).
 """
 
 
+_FORMS = {
+    "dyt": 'Dynamic Tanh\n(DyT, `y = gamma * tanh(alpha * x) + beta`; Zhu et al., "Transformers without Normalization", CVPR 2025)',
+    "fakeln": "a fixed per-layer scale\n(FakeLN, `y = gamma * alpha * x + beta` with alpha = 1 / sigma measured on data, x centred where the norm "
+              "was a LayerNorm; Heimersheim 2024, Baroni et al. 2025)",
+}
+
 _PORTABLE_CARD = """Or, **without dytune installed**: this directory carries its modeling code (`modeling_dytune.py`,
 `configuration_dytune.py`; torch and transformers only), which transformers runs when you allow it:
 
@@ -71,6 +76,7 @@ def write_model_card(model: torch.nn.Module, out_dir: str | Path, extra: str = "
     base = dyt.get("source") or getattr(model.config, "_name_or_path", "") or "unknown"
     card = _CARD.format(
         base=base, title=f"{Path(base).name or base} (DyT)", n_layers=len(dyt.get("layers", [])),
+        form=_FORMS.get(dyt.get("form", "dyt"), _FORMS["dyt"]),
         kinds=", ".join(dyt.get("kinds", [])), alpha_init=dyt.get("alpha_init", "?"),
         per_channel=" (per-channel)" if dyt.get("per_channel") else "",
         extra=(extra.strip() + "\n") if extra else "", path_hint=str(out_dir),

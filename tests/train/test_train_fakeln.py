@@ -4,6 +4,7 @@ and a bf16 run keeps its frozen teacher in bf16."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,8 @@ def test_fakeln_run_with_gates_and_uniform_scale_loss_saves_a_norm_free_fixed_sc
     sites = [m for m in model.modules() if isinstance(m, DyT)]
     assert sites and all(m.form == "linear" for m in sites)
     assert not any("norm" in type(m).__name__.lower() for m in model.modules())
+    card = (Path(summary["final"]) / "README.md").read_text()
+    assert "FakeLN" in card and "tanh(alpha" not in card
 
 
 def test_uniform_scale_weight_changes_the_loss_only_when_set(quick, tmp_path):
