@@ -311,3 +311,16 @@ def test_hooks_record_the_students_final_norm_input_and_carry_its_gradient():
         assert len(every.centers) == 5
     with pytest.raises(DytuneError, match="no converted site of kind qk"):
         UniformScaleHooks(model, kinds=("qk",))
+
+
+def test_relative_uniform_scale_loss_is_scale_free_and_leaves_the_first_token_alone():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 6, 16, generator=g) * torch.linspace(0.5, 2.0, 6).view(1, 6, 1)
+    loss = float(uniform_scale_loss(hidden, center=False, relative=True))
+    assert float(uniform_scale_loss(hidden * 100, center=False, relative=True)) == pytest.approx(loss, rel=1e-4)
+    sink = hidden.clone()
+    sink[:, 0] *= 50  # an attention sink: ignored by the relative form, dominant in the absolute one
+    assert float(uniform_scale_loss(sink, center=False, relative=True)) == pytest.approx(loss, rel=1e-6)
+    assert float(uniform_scale_loss(sink, center=False)) > 10 * float(uniform_scale_loss(hidden, center=False))
+    scale = hidden.float().pow(2).mean(-1).add(1e-5).sqrt()[:, 1:]
+    assert loss == pytest.approx(float((scale / scale.mean() - 1).pow(2).mean()), rel=1e-5)

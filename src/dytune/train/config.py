@@ -100,6 +100,9 @@ class TrainConfig(TrainingArguments, ConvertConfig):
     uniform_scale_weight: float = field(default=0.0, metadata={
         **DYT_ONLY, "help": "weight of Baroni et al.'s auxiliary loss pulling each token's scale at the chosen sites' "
                             "inputs towards the mean (dytune.train.uniform_scale; they use 0.1 with FakeLN); 0 = off"})
+    uniform_scale_form: str = field(default="relative", metadata={
+        **DYT_ONLY, "help": "relative ((s / mean - 1)^2 over ordinary tokens: model-independent, the attention sink "
+                            "left alone) or absolute (Baroni et al.'s (s - mean)^2 over every token)"})
     uniform_scale_kinds: str = field(default="final", metadata={
         **DYT_ONLY, "help": "the converted sites that loss looks at: comma-separated kinds (final, attn, ffn, ...) "
                             "or all"})
@@ -170,6 +173,8 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         if self.norm == "layernorm" and (removal.active or self.local_distill_steps or self.reconstruct_steps):
             raise DytuneError("gradual removal, local_distill_steps and reconstruct_steps convert norms: they need "
                               "norm: dyt")
+        if self.uniform_scale_form not in ("relative", "absolute"):
+            raise DytuneError(f"uniform_scale_form must be relative or absolute, got {self.uniform_scale_form!r}")
         if self.uniform_scale_weight < 0:
             raise DytuneError(f"uniform_scale_weight must be >= 0 (0: off), got {self.uniform_scale_weight}")
         if self.reconstruct_steps < 0 or self.reconstruct_tokens <= 0 or self.reconstruct_lr <= 0:

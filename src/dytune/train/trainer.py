@@ -64,7 +64,8 @@ class DytuneTrainer(Trainer):
             from dytune.train.uniform_scale import UniformScaleHooks
 
             kinds = None if self.dy.uniform_scale_kinds == "all" else self.dy.uniform_scale_kinds.split(",")
-            self._scale_hooks = UniformScaleHooks(unwrap(self.model), kinds=kinds)
+            self._scale_hooks = UniformScaleHooks(unwrap(self.model), kinds=kinds,
+                                                  relative=self.dy.uniform_scale_form == "relative")
         from dytune.train.callbacks import summarize_alphas_on_console
         summarize_alphas_on_console(self)  # one alpha summary per console line; metrics.jsonl keeps every layer
 

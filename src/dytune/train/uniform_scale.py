@@ -44,13 +44,17 @@ def first_positions(shape: torch.Size | tuple[int, int], attention_mask: Tensor 
 
 def uniform_scale_loss(hidden: Tensor, *, center: bool = True, input_ids: Tensor | None = None,
                        attention_mask: Tensor | None = None, exclude_token_ids: Iterable[int] = (),
-                       eps: float = EPS) -> Tensor:
+                       eps: float = EPS, relative: bool = False) -> Tensor:
     """Baroni et al.'s auxiliary loss on one site's input `hidden` (B, T, C): the mean squared deviation of each
     token's scale from the mean scale of the ordinary tokens (float32 scalar, differentiable in `hidden`).
 
     center: the scale is the std (True: a LayerNorm site, their GPT-2 case) or the RMS (False: RMSNorm).
     input_ids, exclude_token_ids: tokens left out of the target (their EOS); the first token always is.
-    attention_mask: padding is left out of the target and the mean."""
+    attention_mask: padding is left out of the target and the mean.
+    relative: dytune's variant, ((s_t / target) - 1)^2 averaged over the ordinary tokens only. Their absolute form
+    depends on the model's residual scale (SmolLM2-135M's final norm input: 155 at the start, against a CE of 1.3,
+    so any fixed weight is a different recipe per model), and it pulls the attention sink (position 0, ~50x the
+    median scale there) towards the others, which the sink's attention role does not survive."""
     scale = token_scale(hidden, center, eps)  # (B, T), float32
     real = (torch.ones_like(scale, dtype=torch.bool) if attention_mask is None
             else attention_mask.to(scale.device).bool())
@@ -60,6 +64,8 @@ def uniform_scale_loss(hidden: Tensor, *, center: bool = True, input_ids: Tensor
         ordinary &= ~torch.isin(input_ids.to(scale.device), torch.tensor(excluded, device=scale.device))
     with torch.no_grad():
         target = scale[ordinary].mean() if ordinary.any() else scale.new_tensor(1.0)  # their fallback
+    if relative:
+        return (scale / target.clamp_min(eps) - 1).pow(2)[ordinary].mean() if ordinary.any() else scale.sum() * 0
     return (scale - target).pow(2)[real].mean()
 
 
@@ -85,7 +91,8 @@ class UniformScaleHooks:
     nothing and `loss` says so (the final norm sits outside the blocks)."""
 
     def __init__(self, model: nn.Module, kinds: Sequence[str] | None = ("final",),
-                 exclude_token_ids: Iterable[int] | None = None) -> None:
+                 exclude_token_ids: Iterable[int] | None = None, relative: bool = False) -> None:
+        self.relative = relative
         spec = getattr(getattr(model, "config", None), "dyt", None)
         if not isinstance(spec, dict):
             raise DytuneError("the uniform-scale loss needs a converted model (config.dyt): run dytune.convert first")
@@ -126,7 +133,8 @@ class UniformScaleHooks:
                               "student's forward (gradients on; with reentrant gradient checkpointing, only sites "
                               "outside the blocks, such as the final norm, record)")
         losses = [uniform_scale_loss(self.inputs[name], center=center, input_ids=input_ids,
-                                     attention_mask=attention_mask, exclude_token_ids=self.exclude_token_ids)
+                                     attention_mask=attention_mask, exclude_token_ids=self.exclude_token_ids,
+                                     relative=self.relative)
                   for name, center in self.centers.items()]
         self.inputs.clear()
         return torch.stack([loss.to(losses[0].device) for loss in losses]).mean()
