@@ -34,7 +34,8 @@ def tiny_setup(tmp_path_factory):
 def tiny_settings(root, **overrides):
     values = dict(model=str(root / "tiny"), data=str(root / "convs.jsonl"), questions_file=str(root / "questions.jsonl"),
                   conversations=40, val_fraction=0.2, max_length=64, calibration_texts=4, calibration_tokens=256,
-                  steps=8, local_steps=2, batch_size=4, eval_every=4, learning_rate=1e-2, questions=1, max_new_tokens=8, threads=1)
+                  steps=8, batch_size=4, eval_every=4, questions=1, max_new_tokens=8, threads=1,
+                  overrides={"learning_rate": 1e-2})
     values.update(overrides)
     return DemoSettings(**values)
 
@@ -65,7 +66,8 @@ def test_demo_pipeline_on_a_tiny_model(tiny_setup, tmp_path):
 def test_demo_fails_loudly_without_a_gain(tiny_setup, tmp_path):
     out = tmp_path / "demo"
     with pytest.raises(RecoveryFailed, match="recovery did not help"):
-        run_demo(tiny_settings(tiny_setup, learning_rate=0.0, local_steps=0, steps=2, eval_every=2), out)
+        run_demo(tiny_settings(tiny_setup, steps=2, eval_every=2,
+                               overrides={"learning_rate": 0.0, "reconstruct_steps": 0}), out)
     assert (out / "report" / "report.md").is_file()  # the report is written before failing, to show why
     demo = json.loads((out / "demo.json").read_text())
     assert demo["ce"]["dyt_after"] == pytest.approx(demo["ce"]["dyt_before"])

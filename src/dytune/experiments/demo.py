@@ -47,21 +47,13 @@ class DemoSettings:
     conversations: int = 400  # read from the ShareGPT file (the first usable ones, in file order)
     val_fraction: float = 0.1  # held out, whole conversations
     max_length: int = 192  # tokens per conversation (training and evaluation)
-    calibration_texts: int = 16
-    calibration_tokens: int = 2048
-    calibration_refit: str = "none"  # the training recipe's choice, not ConvertConfig's default (docs/conversion.md)
+    calibration_texts: int = 64
+    calibration_tokens: int = 12288
+    recipe: str = "recover"  # the training recipe (dytune/recipes), conversion included; the sizes here on top
     steps: int = 60
     batch_size: int = 4
-    learning_rate: float = 5e-4
-    scheduler: str = "constant_with_warmup"  # a short run: a decaying schedule stops learning too early
-    local_steps: int = 12  # block-wise distillation of the DyT parameters before end-to-end training
-    local_lr: float = 1e-2
-    mode: str = "lora+dyt"
-    alpha_lr_multiplier: float = 10.0
-    affine_lr_multiplier: float = 10.0
-    lora_r: int = 16
-    distill_weight: float = 1.0
-    ce_weight: float = 0.5
+    reconstruct_tokens: int = 6144  # if the recipe reconstructs blocks: tokens cached for it
+    overrides: dict = field(default_factory=dict)  # any TrainConfig key on top of the recipe (experiments, tests)
     eval_every: int = 20
     questions: int = 3  # MT-bench questions answered by each model
     max_new_tokens: int = 64
@@ -78,9 +70,9 @@ class DemoSettings:
 
     @classmethod
     def fast_mode(cls, **overrides: Any) -> DemoSettings:
-        values = dict(conversations=160, val_fraction=0.15, max_length=128, calibration_texts=8,
-                      calibration_tokens=1024, steps=16, local_steps=6, eval_every=8, questions=1, max_new_tokens=24,
-                      fast=True)
+        values = dict(conversations=160, val_fraction=0.15, max_length=128, calibration_texts=16,
+                      calibration_tokens=2048, steps=16, reconstruct_tokens=1024, eval_every=8, questions=1,
+                      max_new_tokens=24, fast=True)
         values.update(overrides)
         return cls(**values)
 
@@ -256,10 +248,27 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
     from dytune.conversion import ConvertConfig, convert
     from dytune.conversion.calibration_data import render_chat
     from dytune.saving import save
+    from dytune.train import TrainConfig, train as train_run
+    from dytune.train.recipes import with_recipe
 
+    # the recipe with the demo's sizes: one TrainConfig resolves it (the conversion keys included), then the
+    # conversion runs here, before training, so that the model before recovery is saved and answers too
+    run_dir = out / "recovery"
+    train_file, held_file = data_files(settings, out)
+    values = with_recipe({
+        "recipe": settings.recipe, "model": settings.model, "norm": "dyt",
+        "calibration_max_length": settings.max_length, "calibration_max_tokens": settings.calibration_tokens,
+        "reconstruct_tokens": settings.reconstruct_tokens,
+        "data": {"source": str(train_file), "val_source": str(held_file), "max_length": settings.max_length,
+                 "cache_dir": str(out / "data" / "cache"), "seed": settings.seed},
+        "output_dir": str(run_dir), "overwrite": True, "max_steps": settings.steps,
+        "per_device_train_batch_size": settings.batch_size, "per_device_eval_batch_size": 8,
+        "logging_steps": max(1, settings.steps // 40), "eval_strategy": "steps", "eval_steps": settings.eval_every,
+        "save_strategy": "no", "report_to": "none", "seed": settings.seed, "threads": settings.threads,
+        "disable_tqdm": False, **settings.overrides})
+    resolved = TrainConfig(**values)
     texts = [render_chat(m, tokenizer) for m in train.select(range(min(settings.calibration_texts, len(train))))["messages"]]
-    recipe = ConvertConfig(calibration_max_length=settings.max_length, calibration_max_tokens=settings.calibration_tokens,
-                           calibration_refit=settings.calibration_refit)
+    recipe = ConvertConfig.from_object(resolved)
     report = convert(model, recipe, tokenizer=tokenizer, calibration=texts, source=settings.model).report
     converted_dir = save(model, out / "converted", tokenizer, overwrite=True,
                          extra_files={"conversion_report.json": report.to_dict()})
@@ -270,23 +279,8 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
     done("convert")
 
     # 4. recover -----------------------------------------------------------------------------------------------
-    bar.set_postfix_str("recovery (distillation)")
-    from dytune.train import TrainConfig, train as train_run
-
-    run_dir = out / "recovery"
-    config = TrainConfig(
-        model=str(converted_dir), teacher=settings.model, norm="dyt", mode=settings.mode, distill=True,
-        distill_weight=settings.distill_weight, ce_weight=settings.ce_weight,
-        data={"source": str(data_files(settings, out)[0]), "val_source": str(data_files(settings, out)[1]),
-              "max_length": settings.max_length, "cache_dir": str(out / "data" / "cache"), "seed": settings.seed},
-        output_dir=str(run_dir), overwrite=True, max_steps=settings.steps,
-        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=8,
-        learning_rate=settings.learning_rate, alpha_lr_multiplier=settings.alpha_lr_multiplier,
-        affine_lr_multiplier=settings.affine_lr_multiplier, lora_r=settings.lora_r, lora_alpha=2 * settings.lora_r,
-        lr_scheduler_type=settings.scheduler, warmup_steps=max(1, settings.steps // 20),
-        local_distill_steps=settings.local_steps, local_distill_lr=settings.local_lr, logging_steps=max(1, settings.steps // 40),
-        eval_strategy="steps", eval_steps=settings.eval_every, save_strategy="no", report_to="none",
-        seed=settings.seed, threads=settings.threads, disable_tqdm=False)
+    bar.set_postfix_str(f"recovery (recipe {resolved.recipe})")
+    config = TrainConfig(**{**values, "model": str(converted_dir), "teacher": settings.model})
     summary = train_run(config)
     done("recover")
 
@@ -316,7 +310,7 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
     from dytune.experiments.demo_report import write_demo_report
 
     result.seconds = seconds
-    result.report = write_demo_report(result, settings, run_dir, answer_files, report)
+    result.report = write_demo_report(result, settings, run_dir, answer_files, report, config.resolved())
     done("report")
     bar.close()
     result.seconds["total"] = round(sum(v for k, v in seconds.items() if k != "total"), 1)

