@@ -123,6 +123,9 @@ class TrainConfig(TrainingArguments, ConvertConfig):
     reconstruct_max_grad_norm: float = field(default=0.1, metadata={**DYT_ONLY, "help": "its gradient clipping"})
     reconstruct_sink_weight: float = field(default=1.0, metadata={
         **DYT_ONLY, "help": "weight of each sequence's first token in its per-token normalised MSE"})
+    compile_loss: bool = field(default=True, metadata={
+        "help": "torch.compile the CE and KL over the vocabulary (one fused pass instead of a chain of memory-bound "
+                "ones; eager if compiling fails)"})
     # -- run control ---------------------------------------------------------------------------------------------
     max_train_tokens: int = field(default=0, metadata={
         "help": "stop once this many training tokens (non-padding) have been seen, at the end of that step; 0 = no "

@@ -6,6 +6,8 @@ Position t predicts token t+1, so every term works on positions [:-1] against ta
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,3 +56,27 @@ class LossParts:
     ce: torch.Tensor | None = None
     kl: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+
+
+class CompiledLoss:
+    """A loss function under `torch.compile` (dynamic shapes), eager if compiling fails. CE and KL over a large
+    vocabulary are a chain of memory-bound passes over (B, T, V) float32 tensors, which inductor fuses (measured
+    in docs/recovery.md)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self._compiled: Callable | None = None
+        self._failed = False
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
+        if self._failed:
+            return self.fn(*args, **kwargs)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, dynamic=True)
+        try:
+            return self._compiled(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - e.g. no C++ compiler for inductor
+            warnings.warn(f"dytune: compiling {self.fn.__name__} failed ({type(err).__name__}: {err}); using it "
+                          "eagerly (set compile_loss: false to skip the attempt)", stacklevel=2)
+            self._failed = True
+            return self.fn(*args, **kwargs)

@@ -18,7 +18,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from dytune.dyt import DyT
 from dytune.errors import DytuneError
-from dytune.train.losses import causal_ce_sum, hidden_match, kl_teacher_student
+from dytune.train.losses import CompiledLoss, causal_ce_sum, hidden_match, kl_teacher_student
 from dytune.train.removal import NormGates, RemovalSchedule
 from dytune._blocks import unwrap
 from dytune.train.teacher import OriginalNorms
@@ -58,6 +58,9 @@ class DytuneTrainer(Trainer):
         self._gates_cleared = False
         self.skipped_steps = 0
         self._eval_nll = self._eval_tokens = None
+        compiled = getattr(self.dy, "compile_loss", False)
+        self._ce = CompiledLoss(causal_ce_sum) if compiled else causal_ce_sum
+        self._kl = CompiledLoss(kl_teacher_student) if compiled else kl_teacher_student
         self._scale_hooks = None
         if getattr(self.dy, "uniform_scale_weight", 0.0) and self.dy.norm == "dyt":
             from dytune._blocks import unwrap
@@ -92,7 +95,7 @@ class DytuneTrainer(Trainer):
         distill = training and self.teacher is not None and self.dy.distill
         want_hidden = distill and self.dy.distill_hidden_weight > 0
         out = model(**forward, use_cache=False, output_hidden_states=want_hidden)
-        nll, n = causal_ce_sum(out.logits, labels)
+        nll, n = self._ce(out.logits, labels)
         if not training:  # validation: token-weighted CE, summed here and divided in evaluation_loop
             self._eval_nll = nll.detach() + (0 if self._eval_nll is None else self._eval_nll)
             self._eval_tokens = n + (0 if self._eval_tokens is None else self._eval_tokens)
@@ -119,7 +122,7 @@ class DytuneTrainer(Trainer):
                 kl_mask = labels[:, 1:] != -100
             else:
                 kl_mask = mask[:, 1:].bool() if mask is not None else torch.ones_like(labels[:, 1:], dtype=torch.bool)
-            kl = kl_teacher_student(out.logits, t_out.logits, kl_mask, self.dy.distill_temperature)
+            kl = self._kl(out.logits, t_out.logits, kl_mask, self.dy.distill_temperature)
             total = total + self.dy.distill_weight * kl / ga
             parts["kl"] = float(kl.detach())
             if want_hidden:
