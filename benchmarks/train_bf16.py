@@ -7,7 +7,9 @@ SmolLM2-135M, batch 4 x 512, its data files), from the same DyT start, same data
 float32 and once with `bf16: true` (CPU autocast: matmuls in bf16 on AMX, DyT parameters and arithmetic in
 float32). The two runs alternate in blocks of `--block` steps (resumed from their checkpoints) so that both
 see the same machine load. Reports training tokens/s of each, the per-step loss difference against the
-float32 run's own step-to-step noise, and whether every alpha moved. Writes benchmarks/results/train_bf16.json.
+float32 run's own step-to-step noise, and whether every alpha moved. The float32 run is the path before bf16
+work (eager loss); the bf16 run is the bf16 path as `bf16: true` trains: autocast, the frozen teacher's weights
+in bf16, CE and KL compiled (`compile_loss`). Writes benchmarks/results/train_bf16.json.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def run_block(name: str, args: argparse.Namespace, data: dict, start: str, until
 
     train(TrainConfig(
         model=start, teacher=args.model, norm="dyt", mode="full", distill=True, learning_rate=args.lr,
-        bf16=(name == "bf16"), output_dir=str(args.work / name), overwrite=not resume, resume=resume,
+        bf16=(name == "bf16"), compile_loss=(name == "bf16"), output_dir=str(args.work / name), overwrite=not resume, resume=resume,
         max_steps=args.steps, data={"source": [data["sharegpt"], data["alpaca_train"]], "max_length": 512,
                                     "seed": 0, "val_fraction": 0.0},
         per_device_train_batch_size=4, lr_scheduler_type="constant_with_warmup", warmup_steps=2,

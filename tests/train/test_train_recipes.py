@@ -7,7 +7,7 @@ import yaml
 
 from dytune.errors import DytuneError
 from dytune.train import TrainConfig
-from dytune.train.config import DYT_ONLY_KEYS, parse_config
+from dytune.train.config import DYT_ONLY_KEYS, parse_config, parse_lr_multipliers
 from dytune.train.recipes import DEFAULT_RECIPE, load_recipe, recipe_names
 
 
@@ -23,6 +23,7 @@ def test_each_recipe_resolves_to_the_settings_it_names(name, tmp_path):
     assert preset, name
     assert cfg.recipe == name
     for key, expected in preset.items():
+        expected = parse_lr_multipliers(expected) if key == "lr_multipliers" else expected
         assert _value(cfg, key) == expected, (name, key)
 
 
@@ -37,6 +38,7 @@ def test_dytune_train_without_a_recipe_takes_the_default(tmp_path):
     cfg = parse_config(None, ["--output_dir", str(tmp_path)])
     assert cfg.recipe == DEFAULT_RECIPE
     for key, expected in load_recipe(DEFAULT_RECIPE).items():
+        expected = parse_lr_multipliers(expected) if key == "lr_multipliers" else expected
         assert _value(cfg, key) == expected, key
 
 
@@ -76,3 +78,21 @@ def test_unknown_recipe_is_a_one_line_error(tmp_path):
         parse_config(None, ["--recipe", "nope", "--output_dir", str(tmp_path)])
     with pytest.raises(DytuneError, match="unknown recipe"):
         TrainConfig(recipe="nope", output_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_the_default_recipe_trains_every_architecture(arch, tmp_path, chat_data):
+    """Its settings are architecture-independent (the lr_multipliers glob matches every family's blocks)."""
+    from dytune.testing import tiny_model, tiny_tokenizer
+    from dytune.train import train
+
+    model = tmp_path / arch
+    tiny_model(arch).save_pretrained(model)
+    tiny_tokenizer(chat_template=True).save_pretrained(model)
+    cfg = TrainConfig.from_recipe(model=str(model), data={"source": str(chat_data), "val_fraction": 0.1,
+                                                          "cache_dir": str(tmp_path / "cache")},
+                                  output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+                                  calibration_max_tokens=512, eval_strategy="no", report_to="none",
+                                  disable_tqdm=True, logging_steps=1)
+    summary = train(cfg)
+    assert summary["status"] == "completed" and cfg.recipe == DEFAULT_RECIPE
