@@ -257,26 +257,36 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+TARGET_GAP_VS_TWIN = 0.30  # issue 15: the DyT arm within 0.30 nat of its LayerNorm twin within 2M training tokens
+
+
 def plot(result: dict, path: Path) -> None:
+    """Two panels, every evaluation a point: the gap to the original model (every arm), and the gap to the LayerNorm
+    twin at the same step (DyT arms whose twin ran), with the target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for name, arm in result["arms"].items():
-        xs = [p["tokens"] for p in arm["curve"]]
-        ys = [p["gap"] for p in arm["curve"]]
         style = "--" if name.endswith("-twin") else (":" if name.startswith("lever") else "-")
-        ax.plot(xs, ys, marker="o", linestyle=style, label=name)
-    ax.axhline(0.10, color="grey", linewidth=0.8, linestyle=":", label="target gap 0.10 nat")
-    ax.set_yscale("symlog", linthresh=0.1)
-    top = max((p["gap"] for a in result["arms"].values() for p in a["curve"] if p.get("gap") is not None), default=1)
-    ax.set_ylim(top=max(1.0, top) * 2)
-    ax.set_xlabel("training tokens (incl. block-wise distillation)")
-    ax.set_ylabel("held-out CE - original CE (nat)")
-    ax.set_title("SmolLM2-135M: DyT recovery vs LayerNorm twins (held-out Alpaca, assistant tokens)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        points = [p for p in arm["curve"] if p.get("gap") is not None]
+        left.plot([p["tokens"] for p in points], [p["gap"] for p in points], marker="o", ms=3, linestyle=style,
+                  label=name)
+        vs_twin = [p for p in arm["curve"] if p.get("gap_vs_twin") is not None]
+        if vs_twin:
+            right.plot([p["tokens"] for p in vs_twin], [p["gap_vs_twin"] for p in vs_twin], marker="o", ms=3,
+                       linestyle=style, label=name)
+    right.axhline(TARGET_GAP_VS_TWIN, color="grey", linewidth=0.8, linestyle=":",
+                  label=f"target {TARGET_GAP_VS_TWIN:.2f} nat")
+    for ax, what in ((left, "the original"), (right, "its LayerNorm twin, same step")):
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_xlabel("training tokens (incl. block-wise distillation)")
+        ax.set_ylabel(f"held-out CE - CE of {what} (nat)")
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M: DyT recovery (held-out Alpaca, assistant tokens)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
