@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_bf16.json")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="train nothing: summarise the runs already in --work (the steps both have)")
     args = p.parse_args(argv)
 
     from dytune.train.callbacks import read_metrics
@@ -73,11 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(start) / "config.json").is_file():
         p.error(f"{start} is not a model directory: run benchmarks/recovery.py --arms ours-full first (it converts "
                 "dyt-ours), or pass --start")
-    for until in range(args.block, args.steps + 1, args.block):
-        for name in ("float32", "bf16"):
-            run_block(name, args, data, start, until, resume=until > args.block)
+    if not args.summarize_only:
+        for until in range(args.block, args.steps + 1, args.block):
+            for name in ("float32", "bf16"):
+                run_block(name, args, data, start, until, resume=until > args.block)
     rows = {name: [r for r in read_metrics(args.work / name / "metrics.jsonl") if "loss" in r]
             for name in ("float32", "bf16")}
+    steps = min(len(rows["float32"]), len(rows["bf16"]))  # a stopped run: the steps both have
+    rows = {name: rs[:steps] for name, rs in rows.items()}
     loss = {name: [r["loss"] for r in rs] for name, rs in rows.items()}
     speed = {name: statistics.median(r["tokens_per_second"] for r in rs if r.get("tokens_per_second"))
              for name, rs in rows.items()}
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     first = {k: v for k, v in rows["bf16"][0].items() if k.startswith("alpha/")}
     result = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "steps": steps,
         "tokens_per_second": speed, "speedup_bf16": speed["bf16"] / speed["float32"],
         "loss": loss, "loss_diff_mean": statistics.mean(diffs), "loss_diff_max_abs": max(abs(d) for d in diffs),
         "float32_step_to_step_median_abs": noise,

@@ -280,8 +280,9 @@ def plot(result: dict, path: Path) -> None:
                        linestyle=style, label=name)
     right.axhline(TARGET_GAP_VS_TWIN, color="grey", linewidth=0.8, linestyle=":",
                   label=f"target {TARGET_GAP_VS_TWIN:.2f} nat")
+    left.set_yscale("symlog", linthresh=0.1)  # twins go below the original, DyT arms start nats above it
+    right.set_ylim(bottom=0)
     for ax, what in ((left, "the original"), (right, "its LayerNorm twin, same step")):
-        ax.set_yscale("symlog", linthresh=0.1)
         ax.set_xlabel("training tokens (incl. block-wise distillation)")
         ax.set_ylabel(f"held-out CE - CE of {what} (nat)")
         ax.grid(alpha=0.3)
