@@ -48,14 +48,14 @@ class DemoSettings:
     conversations: int = 400  # read from the ShareGPT file (the first usable ones, in file order)
     val_fraction: float = 0.1  # held out, whole conversations
     max_length: int = 192  # tokens per conversation (training and evaluation)
-    calibration_texts: int = 48
-    calibration_tokens: int = 8192
+    calibration_texts: int = 96
+    calibration_tokens: int = 16384
     recipe: str = "recover"  # the training recipe (dytune/recipes), conversion included; the sizes here on top
-    steps: int = 60
+    steps: int = 100
     batch_size: int = 4
     reconstruct_tokens: int = 6144  # if the recipe reconstructs blocks: tokens cached for it
     overrides: dict = field(default_factory=dict)  # any TrainConfig key on top of the recipe (experiments, tests)
-    eval_every: int = 20
+    eval_every: int = 25
     questions: int = 3  # MT-bench questions answered by each model
     max_new_tokens: int = 64
     threads: int | None = None
