@@ -224,10 +224,9 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
     bar.set_postfix_str("data")
     from dytune.eval.answers import default_questions_path
 
-    from dytune.train.recipes import NO_RECIPE, load_recipe
+    from dytune.train.recipes import check_recipe
 
-    if settings.recipe != NO_RECIPE:
-        load_recipe(settings.recipe)  # an unknown recipe fails now, not after the original model's evaluation
+    check_recipe(settings.recipe)  # an unknown recipe fails now, not after the original model's evaluation
     # fail now, not after training, if the questions are missing
     questions_path = Path(settings.questions_file) if settings.questions_file else default_questions_path()
     train, held, counts = prepare_data(settings, out)
@@ -250,18 +249,18 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
 
     # 3. convert -----------------------------------------------------------------------------------------------
     bar.set_postfix_str("convert to DyT")
-    from dytune.conversion import ConvertConfig, convert
+    from dytune.conversion import convert
     from dytune.conversion.calibration_data import render_chat
     from dytune.saving import save
     from dytune.train import TrainConfig, train as train_run
     from dytune.train.recipes import with_recipe
 
-    # the recipe with the demo's sizes: one TrainConfig resolves it (the conversion keys included), then the
-    # conversion runs here, before training, so that the model before recovery is saved and answers too
+    # the recipe with the demo's sizes: one TrainConfig resolves it (the conversion keys included); the conversion
+    # runs here, before training, so that the model before recovery is saved and answers too
     run_dir = out / "recovery"
     train_file, held_file = data_files(settings, out)
-    values = with_recipe({
-        "recipe": settings.recipe, "model": settings.model, "norm": "dyt",
+    config = TrainConfig(**with_recipe({
+        "recipe": settings.recipe, "model": str(out / "converted"), "teacher": settings.model, "norm": "dyt",
         "calibration_max_length": settings.max_length, "calibration_max_tokens": settings.calibration_tokens,
         "reconstruct_tokens": settings.reconstruct_tokens,
         "data": {"source": str(train_file), "val_source": str(held_file), "max_length": settings.max_length,
@@ -270,12 +269,11 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
         "per_device_train_batch_size": settings.batch_size, "per_device_eval_batch_size": 8,
         "logging_steps": max(1, settings.steps // 40), "eval_strategy": "steps", "eval_steps": settings.eval_every,
         "save_strategy": "no", "report_to": "none", "seed": settings.seed, "threads": settings.threads,
-        "disable_tqdm": False, **settings.overrides})
-    resolved = TrainConfig(**values)
+        "disable_tqdm": False, **settings.overrides}))
     texts = [render_chat(m, tokenizer) for m in train.select(range(min(settings.calibration_texts, len(train))))["messages"]]
-    recipe = ConvertConfig.from_object(resolved)
-    report = convert(model, recipe, tokenizer=tokenizer, calibration=texts, source=settings.model).report
-    converted_dir = save(model, out / "converted", tokenizer, overwrite=True,
+    report = convert(model, config.convert_config(), tokenizer=tokenizer, calibration=texts,
+                     source=settings.model).report
+    converted_dir = save(model, config.model, tokenizer, overwrite=True,
                          extra_files={"conversion_report.json": report.to_dict()})
     ce_before, _ = held_out_ce(model, held_tok, pad, "held-out CE, DyT before recovery")
     _say(f"converted {len(report.converted)} norms to DyT: held-out CE {ce_before:.4f} "
@@ -284,8 +282,7 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
     done("convert")
 
     # 4. recover -----------------------------------------------------------------------------------------------
-    bar.set_postfix_str(f"recovery (recipe {resolved.recipe})")
-    config = TrainConfig(**{**values, "model": str(converted_dir), "teacher": settings.model})
+    bar.set_postfix_str(f"recovery (recipe {config.recipe})")
     summary = train_run(config)
     done("recover")
 

@@ -166,11 +166,9 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         if self.local_distill_params not in ("dyt", "block"):
             raise DytuneError(f"local_distill_params must be 'dyt' or 'block', got {self.local_distill_params!r}")
         if self.recipe is not None:
-            from dytune.train.recipes import NO_RECIPE, recipe_names
+            from dytune.train.recipes import check_recipe
 
-            if self.recipe not in (*recipe_names(), NO_RECIPE):
-                raise DytuneError(f"unknown recipe {self.recipe!r}: choose from {', '.join(recipe_names())} (or "
-                                  f"{NO_RECIPE})")
+            check_recipe(self.recipe)
         ConvertConfig.check(self)
         removal = self.removal_schedule((), ())  # validates the removal_* settings
         if self.norm == "layernorm" and (removal.active or self.local_distill_steps or self.reconstruct_steps):

@@ -26,13 +26,21 @@ def recipe_names() -> list[str]:
     return sorted(p.name[:-len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def check_recipe(name: str) -> None:
+    """A `DytuneError` listing the known recipes unless `name` is one of them or NO_RECIPE."""
+    names = recipe_names()
+    if name not in (*names, NO_RECIPE):
+        raise DytuneError(f"unknown recipe {name!r}: choose from {', '.join(names)} (or {NO_RECIPE})")
+
+
 def load_recipe(name: str) -> dict[str, Any]:
-    """A recipe's settings (TrainConfig keys). An unknown name is an error that lists the known ones."""
+    """A recipe's settings (TrainConfig keys; none for NO_RECIPE). An unknown name is an error that lists the known
+    ones."""
     import yaml
 
-    names = recipe_names()
-    if name not in names:
-        raise DytuneError(f"unknown recipe {name!r}: choose from {', '.join(names)} (or {NO_RECIPE})")
+    check_recipe(name)
+    if name == NO_RECIPE:
+        return {}
     values = yaml.safe_load((resources.files("dytune") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8"))
     if not isinstance(values, dict):
         raise DytuneError(f"recipe {name} is not a mapping of settings: reinstall dytune")
@@ -45,8 +53,6 @@ def with_recipe(values: dict[str, Any]) -> dict[str, Any]:
     from dytune.train.config import DYT_ONLY_KEYS, TrainConfig, valid_keys
 
     name = values.get("recipe") or DEFAULT_RECIPE
-    if name == NO_RECIPE:
-        return {**values, "recipe": NO_RECIPE}
     preset = load_recipe(name)
     unknown = sorted(set(preset) - set(valid_keys()))
     if unknown:

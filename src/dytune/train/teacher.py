@@ -21,7 +21,6 @@ from dytune._blocks import find_blocks, unwrap
 from dytune.errors import DytuneError
 
 
-_base = unwrap  # the old name, still imported by reconstruct.py and removal.py
 
 
 def run_original(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,6 @@ class DytuneTrainer(Trainer):
         self._kl = CompiledLoss(kl_teacher_student) if compiled else kl_teacher_student
         self._scale_hooks = None
         if getattr(self.dy, "uniform_scale_weight", 0.0) and self.dy.norm == "dyt":
-            from dytune._blocks import unwrap
             from dytune.train.uniform_scale import UniformScaleHooks
 
             kinds = None if self.dy.uniform_scale_kinds == "all" else self.dy.uniform_scale_kinds.split(",")

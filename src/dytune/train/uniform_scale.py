@@ -24,22 +24,11 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from dytune.conversion.init.calibrate import token_scale
+from dytune.conversion.init.calibrate import first_positions, token_scale
 from dytune.dyt import DyT
 from dytune.errors import DytuneError
 
 EPS = 1e-5  # their epsilon inside the square root
-
-
-def first_positions(shape: torch.Size | tuple[int, int], attention_mask: Tensor | None = None,
-                    device: torch.device | None = None) -> Tensor:
-    """(B, T) bool: each sequence's first real token (position 0 without a mask)."""
-    if attention_mask is None:
-        first = torch.zeros(shape, dtype=torch.bool, device=device)
-        first[:, 0] = True
-        return first
-    mask = attention_mask.bool()
-    return mask & (mask.long().cumsum(1) == 1)
 
 
 def uniform_scale_loss(hidden: Tensor, *, center: bool = True, input_ids: Tensor | None = None,

@@ -104,13 +104,15 @@ def _fit_rows(x: torch.Tensor, site: NormSite, target: torch.Tensor | None,  # n
     return x, y, w, denom
 
 
+def _centred(x: torch.Tensor, center: bool) -> torch.Tensor:
+    """x less its mean over the last dimension with `center` (what a LayerNorm subtracts), else x."""
+    return x - x.mean(-1, keepdim=True) if center else x
+
+
 def token_scale(x: torch.Tensor, center: bool, eps: float = 0.0) -> torch.Tensor:
     """Each row's scale as a norm divides by it: sqrt(mean(xc^2) + eps), xc = x less its mean with `center`
     (LayerNorm: the std), else x (RMSNorm: the RMS). x (..., hidden) -> (...)."""
-    x = x.float()
-    if center:
-        x = x - x.mean(-1, keepdim=True)
-    return (x.pow(2).mean(-1) + eps).sqrt()
+    return (_centred(x.float(), center).pow(2).mean(-1) + eps).sqrt()
 
 
 def fit_scale(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, center: bool = False,
@@ -127,7 +129,7 @@ def fit_scale(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, cen
     kept = scales if first is None or bool(first[: len(scales)].all()) else scales[~first[: len(scales)].bool()]
     alpha = (1.0 / kept.mean()).reshape(1).expand(site.hidden_size if per_channel else 1).clone()
     x, y, w, denom = _fit_rows(x, site, target, weights)
-    z = alpha * (x - x.mean(-1, keepdim=True) if center else x)
+    z = alpha * _centred(x, center)
     new_gamma = new_beta = None
     beta = site.beta()
     if refit_affine:
@@ -427,7 +429,7 @@ def _features(dyt: DyT, x: torch.Tensor) -> torch.Tensor:
     """What the DyT multiplies by gamma, on CPU rows x: tanh(alpha x), or alpha x (centred) for the linear form."""
     alpha = dyt.alpha.detach().float().cpu()
     if dyt.form == "linear":
-        return alpha * (x - x.mean(-1, keepdim=True) if dyt.center else x)
+        return alpha * _centred(x, dyt.center)
     return torch.tanh(alpha * x)
 
 
@@ -443,15 +445,24 @@ def _run_block(block, calls, hiddens, modules, outputs: bool = False):  # noqa: 
     return kept, new_hiddens
 
 
+def first_positions(shape: torch.Size | tuple[int, int], attention_mask: torch.Tensor | None = None,
+                    device: torch.device | None = None) -> torch.Tensor:
+    """(B, T) bool: each sequence's first real token (position 0 without a mask)."""
+    if attention_mask is None:
+        first = torch.zeros(shape, dtype=torch.bool, device=device)
+        first[:, 0] = True
+        return first
+    mask = attention_mask.bool()
+    return mask & (mask.long().cumsum(1) == 1)
+
+
 def _first_rows(batches: list[dict]) -> torch.Tensor:
     """A bool per row in `_real_tokens` order: True for each sequence's first real token (the attention sink)."""
     rows = []
     for batch in batches:
         mask = batch.get("attention_mask")
         mask = torch.ones_like(batch["input_ids"]) if mask is None else mask
-        mask = mask.bool()
-        first = mask & (mask.long().cumsum(1) == 1)
-        rows.append(first[mask])
+        rows.append(first_positions(mask.shape, mask)[mask.bool()])
     return torch.cat(rows)
 
 
