@@ -64,8 +64,9 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def resolve(name: str) -> ModelSource:
-    """Classify a model name without loading anything."""
+def resolve(name: str | os.PathLike) -> ModelSource:
+    """Classify a model name (or a path) without loading anything."""
+    name = os.fspath(name)
     if name.lower() in _EMBEDDED_ALIASES:
         path = embedded_gguf_path()
         return ModelSource(name, "embedded", str(path.parent), path.name)
@@ -222,7 +223,7 @@ def local_path(name: str, revision: str | None = None) -> tuple[str, dict]:
 
 
 def load_model(
-    name: str,
+    name: str | os.PathLike,
     *,
     dtype: torch.dtype | str | None = torch.float32,
     revision: str | None = None,
@@ -240,6 +241,7 @@ def load_model(
 
     from transformers import AutoModelForCausalLM
 
+    name = os.fspath(name)
     location, kwargs = local_path(name, revision)
     if Path(location).is_dir():
         check_model_directory(location, trust_remote_code=trust_remote_code)

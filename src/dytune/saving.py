@@ -135,7 +135,7 @@ def save(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, *, overwri
     return out
 
 
-def load(name: str, **kwargs):  # noqa: ANN201 - returns a transformers PreTrainedModel
+def load(name: str | os.PathLike, **kwargs):  # noqa: ANN201 - returns a transformers PreTrainedModel
     """Load a model by any name `dytune.models` resolves; DyT checkpoints come back as DyT."""
     from dytune.models import load_model
 

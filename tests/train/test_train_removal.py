@@ -68,3 +68,46 @@ def test_gates_mix_norm_and_dyt_and_vanish_at_zero():
         gates.set(model, {})
         assert not module._forward_hooks
         torch.testing.assert_close(model(input_ids=ids).logits, dyt_logits, rtol=0, atol=0)
+
+
+TEXTS = [f"The quick brown fox number {i} jumps over the lazy dog, again and again." for i in range(24)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gates_from_original_undo_a_linear_refit_at_one(arch, tmp_path):
+    """A linear refit changes the consumers, the output projections and the LM head: at g = 1 the gates
+    must still give the original model (maps into the refitted consumers, output-projection deltas); at 0,
+    the saved DyT model."""
+    from dytune.testing import tiny_tokenizer
+
+    tiny_model(arch).save_pretrained(tmp_path / "original")
+    original = dytune.load_model(str(tmp_path / "original")).eval()
+    student = dytune.load_model(str(tmp_path / "original"))
+    dytune.convert(student, tokenizer=tiny_tokenizer(), calibration=TEXTS, calibration_refit="linear",
+                   progress=False)
+    dytune.save(student, tmp_path / "dyt", tiny_tokenizer())
+    student = dytune.load(tmp_path / "dyt").eval()
+    names = [name for name, _ in dytune.dyt_modules(student)]
+    gates = NormGates.from_original(student, original, names)
+    assert set(gates.rerouted) == set(names)  # every site's consumers were refitted (the final norm: the LM head)
+    # each sub-layer's output projection too (nothing after the final norm)
+    assert sum(not reads for site in names for _, _, reads in gates.rerouted[site]) == len(names) - 1
+    ids = torch.tensor([[1, 5, 9, 30, 2, 7, 11, 40]])
+    with torch.no_grad():
+        dyt_logits = student(input_ids=ids).logits
+        original_logits = original(input_ids=ids).logits
+        assert (dyt_logits - original_logits).abs().max() > 1e-2  # the test can fail
+        gates.set(student, dict.fromkeys(names, 1.0))
+        torch.testing.assert_close(student(input_ids=ids).logits, original_logits, rtol=1e-5, atol=1e-5)
+        gates.set(student, dict.fromkeys(names, 0.5))
+        half = student(input_ids=ids).logits
+        assert (half - original_logits).abs().max() > 1e-3 and (half - dyt_logits).abs().max() > 1e-3
+        gates.set(student, {})
+        torch.testing.assert_close(student(input_ids=ids).logits, dyt_logits, rtol=0, atol=0)
+
+
+def test_gates_from_original_name_a_missing_module(tmp_path):
+    student = tiny_model("llama")
+    dytune.convert(student, alpha_init="constant:0.5", progress=False)
+    with pytest.raises(DytuneError, match="the original model has no module model.layers.0.input_layernorm"):
+        NormGates.from_original(student, tiny_model("gpt2"), ["model.layers.0.input_layernorm"])

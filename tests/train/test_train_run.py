@@ -297,6 +297,26 @@ def test_gated_run_evaluates_the_gated_model_then_the_pure_dyt_one(quick, tmp_pa
     assert twin["status"] == "completed"
 
 
+def test_gated_removal_from_a_linear_refit_starts_at_the_original(quick, tmp_path) -> None:
+    # a linear refit changes the linear layers, so the gates mix one layer down (NormGates.from_original):
+    # step 0 (every gate 1) is still the original model; after the schedule the saved model is pure DyT
+    summary = train(quick(mode="full", distill=True, alpha_init="calibrated", calibration_refit="linear",
+                          removal_order="depth", removal_groups=2, removal_ramp_steps=1, removal_hold_steps=1,
+                          max_steps=4, eval_on_start=True, eval_steps=100, learning_rate=1e-9,
+                          output_dir=str(tmp_path / "g")))
+    twin = train(quick(norm="layernorm", mode="full", max_steps=1, eval_on_start=True, eval_steps=100,
+                       learning_rate=1e-9, output_dir=str(tmp_path / "ln")))
+    start = [r for r in read_metrics(tmp_path / "g" / "metrics.jsonl") if "eval_loss" in r][0]
+    original = [r for r in read_metrics(tmp_path / "ln" / "metrics.jsonl") if "eval_loss" in r][0]
+    assert start["step"] == 0 and start["eval_loss"] == pytest.approx(original["eval_loss"], abs=1e-4)
+    assert abs(summary["final_eval"]["eval_loss"] - start["eval_loss"]) > 1e-3  # the refitted DyT model differs
+    gates = [round(r["removal_gate"], 3) for r in read_metrics(tmp_path / "g" / "metrics.jsonl") if "loss" in r]
+    assert gates[0] == 1.0 and gates[-1] == 0.0
+    final = dytune.load(str(tmp_path / "g" / "final"))
+    assert not [m for m in final.modules() if "Norm" in type(m).__name__]
+    assert twin["status"] == "completed"
+
+
 def test_reconstruction_stage_runs_before_training(quick, tmp_path) -> None:
     summary = train(quick(mode="full", distill=True, reconstruct_steps=4, reconstruct_tokens=200,
                           reconstruct_lr=3e-3, reconstruct_max_grad_norm=1.0, alpha_init="constant:40", max_steps=1,

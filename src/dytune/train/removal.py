@@ -16,6 +16,7 @@ no hook is left and the model holds no norm.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -119,23 +120,89 @@ def _split(names: list[str], parts: int) -> list[list[str]]:
 
 
 class NormGates:
-    """Forward hooks that mix each gated DyT site's output with its original norm's: `g*Norm(x) + (1-g)*DyT(x)`.
+    """Forward hooks that mix each gated DyT site's output with its original norm's: `g*Norm(x) + (1 - g)*DyT(x)`.
 
     `originals` maps site names to the norm modules they replaced (frozen). `set(model, gates)` installs,
     updates or removes hooks so that exactly the sites in `gates` are mixed, with those weights.
+
+    A conversion that also changed linear layers (`calibration_refit: linear`) gives no weights in which the
+    norm's output means what it meant: there the mixing moves one layer down (`from_original` finds where).
+    `rerouted[site]` holds the original model's consumers of the site (q/k/v, gate/up, the LM head) and its
+    sub-layer's output projection, each beside the student's module of the same name; the gated student
+    module's output becomes `g * original_module(input) + (1 - g) * output`, the consumers reading the original
+    norm's output. At g = 1 that is the original model whatever the student's weights are; at 0, the student.
     """
 
-    def __init__(self, originals: dict[str, nn.Module]) -> None:
+    def __init__(self, originals: dict[str, nn.Module],
+                 rerouted: dict[str, list[tuple[str, nn.Module, bool]]] | None = None) -> None:
         self.originals = originals
+        self.rerouted = dict(rerouted or {})  # site -> [(student module name, original module, reads the norm)]
         self._weights: dict[str, float] = {}
-        self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._normed: dict[str, torch.Tensor] = {}  # a rerouted site's original-norm output, for its consumers
+        self._handles: dict[str, list[torch.utils.hooks.RemovableHandle]] = {}
 
-    def _hook(self, name: str):  # noqa: ANN202
-        norm = self.originals[name]
+    @classmethod
+    @torch.no_grad()
+    def from_original(cls, student: nn.Module, original: nn.Module, names: list[str]) -> NormGates:
+        """Gates for a DyT `student` whose norms are not kept beside it (converted with a linear refit, or in
+        another process), from the `original` model with the same module names (the distillation teacher,
+        whose modules the gates then share: they are frozen)."""
+        from dytune.conversion.init.refit import linear_weight_in_out, trace_consumers
+
+        student_names = {module: name for name, module in student.named_modules()}
+        sites = {name: student.get_submodule(name) for name in names}
+        vocab = student.get_input_embeddings().weight.shape[0]
+        traced = trace_consumers(student, sites, lambda: student(input_ids=torch.arange(8).remainder(vocab)[None]))
+        head = student.get_output_embeddings()
+        kinds = {layer["name"]: layer["kind"] for layer in student.config.dyt["layers"]}
+
+        def theirs(module: nn.Module) -> nn.Module:
+            name = student_names[module]
+            try:
+                return original.get_submodule(name)
+            except AttributeError:
+                raise DytuneError(f"gradual removal: the original model has no module {name}") from None
+
+        def changed(module: nn.Module) -> bool:
+            return not torch.equal(linear_weight_in_out(module), linear_weight_in_out(theirs(module)))
+
+        originals, rerouted = {}, {}
+        for name in names:
+            originals[name] = copy.deepcopy(theirs(sites[name])).float()
+            consumers, out_proj = traced[name]
+            if not consumers and head is not None and kinds.get(name) == "final":
+                consumers = [head]  # the final norm feeds the LM head through a slice, which the trace misses
+            if any(changed(m) for m in consumers):
+                rerouted[name] = [(student_names[m], theirs(m), True) for m in consumers]
+                if out_proj is not None and changed(out_proj):
+                    rerouted[name].append((student_names[out_proj], theirs(out_proj), False))
+        return cls(originals, rerouted)
+
+    def _site_hook(self, name: str):  # noqa: ANN202
+        norm, rerouted = self.originals[name], name in self.rerouted
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            kept = run_original(norm, args[0])
+            if rerouted:  # the consumers mix instead (see the class docstring)
+                self._normed[name] = kept
+                return output
             g = self._weights[name]
-            return (g * run_original(norm, args[0]).float() + (1.0 - g) * output.float()).to(output.dtype)
+            return (g * kept.float() + (1.0 - g) * output.float()).to(output.dtype)
+
+        return hook
+
+    def _module_hook(self, name: str, theirs: nn.Module, reads_norm: bool):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            x = args[0]
+            if reads_norm:
+                normed = self._normed[name]
+                x = normed[..., normed.shape[-2] - x.shape[-2]:, :]  # the LM head may read the last positions only
+            weight = theirs.weight
+            if weight.device != x.device:
+                theirs.to(x.device)
+            out = theirs(x.to(weight.dtype)).float()
+            g = self._weights[name]
+            return (g * out + (1.0 - g) * output.float()).to(output.dtype)
 
         return hook
 
@@ -143,20 +210,28 @@ class NormGates:
         base = unwrap(model)
         for name in list(self._handles):
             if name not in gates:
-                self._handles.pop(name).remove()
+                for handle in self._handles.pop(name):
+                    handle.remove()
+                self._normed.pop(name, None)
         missing = [name for name in gates if name not in self.originals]
         if missing:
             raise DytuneError(f"gradual removal needs the original norm of {missing[0]} (and {len(missing) - 1} more)")
         self._weights = dict(gates)
         for name in gates:
             if name not in self._handles:
-                self._handles[name] = base.get_submodule(name).register_forward_hook(self._hook(name))
+                handles = [base.get_submodule(name).register_forward_hook(self._site_hook(name))]
+                for module_name, theirs, reads_norm in self.rerouted.get(name, []):
+                    handles.append(base.get_submodule(module_name).register_forward_hook(
+                        self._module_hook(name, theirs, reads_norm)))
+                self._handles[name] = handles
 
     def clear(self) -> None:
-        for handle in self._handles.values():
-            handle.remove()
+        for handles in self._handles.values():
+            for handle in handles:
+                handle.remove()
         self._handles = {}
         self._weights = {}
+        self._normed = {}
 
     @property
     def mean_gate(self) -> float:

@@ -134,9 +134,11 @@ class TrainRecipe:
             self.originals = None if linear_refit else OriginalNorms(self.conversion.originals)
         elif cfg.norm == "layernorm" and cfg.distill and cfg.mode != "full":
             self.originals = OriginalNorms.snapshot(model, norm_module_names(model, "layernorm"))
-        if cfg.removal_schedule((), ()).active and self.originals is None:
-            raise DytuneError("gradual removal (removal_ramp_steps / removal_hold_steps) needs the original norms: "
-                              "give the unconverted model and norm: dyt (and a calibration_refit other than linear)")
+        if cfg.removal_schedule((), ()).active and self.originals is None and not (
+                cfg.distill and (cfg.teacher is not None or self.frozen_copy is not None)):
+            raise DytuneError("gradual removal (removal_ramp_steps / removal_hold_steps) needs the original model: "
+                              "convert in this run (norm: dyt on the unconverted model), or distill: true with "
+                              "teacher: the original model")
         self.model = model
 
     def _setup_teacher(self) -> None:
@@ -235,6 +237,7 @@ class TrainRecipe:
         if self.lora and self.main and not (self.base_dir / "config.json").is_file():
             save(model, self.base_dir, self.tokenizer, overwrite=True)  # the adapter's base: DyT before training
         set_generation_eos(model, self.tokenizer, self.spec.chat_template)
+        gates = self._removal_gates(model)
         result = apply_mode(model, cfg.mode, cfg.norm, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                             lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_target_modules,
                             extra_trainable=self.new_embeddings)
@@ -262,7 +265,7 @@ class TrainRecipe:
         self.trainer = DytuneTrainer(
             model=result.model, args=cfg, train_dataset=self.train_ds, eval_dataset=self.val_ds,
             data_collator=self.collator, processing_class=self.tokenizer, dytune_config=cfg, teacher=self.teacher,
-            norm_names=result.norm_names, originals=self.originals, removal=removal,
+            norm_names=result.norm_names, gates=gates, removal=removal,
             callbacks=[*callbacks, *self.extra_callbacks])
         if isinstance(self.teacher, FrozenTeacher) and self.trainer.is_fsdp_enabled:
             self.teacher.shard(cfg.device)  # the full-mode teacher copy is sharded too (UNVERIFIED until run on GPUs)
@@ -273,6 +276,23 @@ class TrainRecipe:
             if self.main:
                 MetricsJsonl.truncate_after(run / "metrics.jsonl", step)
             _log(cfg, f"resuming from {checkpoint} (step {step})")
+
+    def _removal_gates(self, model: torch.nn.Module):  # noqa: ANN202 - dytune.train.removal.NormGates | None
+        """The gates of gradual removal, built on the bare model (before any adapter wraps its layers): from the
+        norms this run replaced, or, where the conversion also changed linear layers (a linear refit, or a model
+        converted in another process), from the distillation teacher (`NormGates.from_original`)."""
+        from dytune.hf_registration import is_dyt_model
+        from dytune.train.removal import NormGates
+        from dytune.train.teacher import FrozenTeacher
+
+        if self.cfg.norm != "dyt" or not self.cfg.removal_schedule((), ()).active or not is_dyt_model(model):
+            return None
+        if self.originals is not None:
+            return NormGates(self.originals.originals)
+        if not isinstance(self.teacher, FrozenTeacher):
+            raise DytuneError("gradual removal needs the original model: set teacher: to it (with distill: true)")
+        names = [layer["name"] for layer in model.config.dyt["layers"]]
+        return NormGates.from_original(model, self.teacher.model, names)
 
     def _write_outputs(self, summary: RunSummary, output: Any, final_eval: dict) -> None:
         from dytune.saving import save, write_model_card

@@ -21,7 +21,6 @@ from dytune.errors import DytuneError
 from dytune.train.losses import CompiledLoss, causal_ce_sum, hidden_match, kl_teacher_student
 from dytune.train.removal import NormGates, RemovalSchedule
 from dytune._blocks import unwrap
-from dytune.train.teacher import OriginalNorms
 from dytune.train.trainable import param_groups
 
 STAGING = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
@@ -36,13 +35,12 @@ class DytuneTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, dytune_config: Any, teacher: Any = None, norm_names: list[str] | None = None,
-                 originals: OriginalNorms | None = None, removal: RemovalSchedule | None = None,
+                 gates: NormGates | None = None, removal: RemovalSchedule | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.dy = dytune_config
         self.teacher = teacher
         self.norm_names = list(norm_names or [])
-        self.originals = originals
         self._parts: dict[str, float] = {}
         self._parts_n = 0
         self._mark: tuple[float, int] | None = None
@@ -50,11 +48,10 @@ class DytuneTrainer(Trainer):
         self._last_inputs: dict | None = None
         self._bad_loss: str | None = None
         self.removal = removal if removal is not None and removal.active else None
-        if self.removal is not None and originals is None:
-            raise DytuneError("gradual removal (removal_ramp_steps / removal_hold_steps) needs the original norms: "
-                              "convert in this run (norm: dyt on the unconverted model, calibration_refit other "
-                              "than linear)")
-        self._gates = NormGates(originals.originals) if self.removal is not None else None
+        if self.removal is not None and gates is None:
+            raise DytuneError("gradual removal (removal_ramp_steps / removal_hold_steps) needs gates: the original "
+                              "norms (dytune.train.removal.NormGates)")
+        self._gates = gates if self.removal is not None else None
         self._gates_cleared = False
         self.skipped_steps = 0
         self._eval_nll = self._eval_tokens = None

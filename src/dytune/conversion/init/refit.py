@@ -149,32 +149,53 @@ def find_consumers(block: nn.Module, norm: nn.Module, run_block) -> tuple[list[n
     """Linear layers of `block` whose input *is* `norm`'s output, and the output projection of their
     sub-layer (the last linear that runs inside the consumers' common parent). Found from one traced forward
     (`run_block()`), so names and families do not matter."""
-    produced: dict[str, torch.Tensor] = {}
-    consumers: list[nn.Module] = []
+    return trace_consumers(block, {"norm": norm}, run_block)["norm"]
+
+
+@torch.no_grad()
+def trace_consumers(root: nn.Module, norms: dict[str, nn.Module], run  # noqa: ANN001
+                    ) -> dict[str, tuple[list[nn.Module], nn.Module | None]]:
+    """`find_consumers` for several norm modules at once, over the linear layers under `root`, from one traced
+    forward (`run()`): {key: (consumers, output projection or None)}."""
+    produced: dict[int, str] = {}  # id of a norm's output tensor -> its key
+    kept: list[torch.Tensor] = []  # hold the outputs so that their ids stay unique during the trace
+    consumers: dict[str, list[nn.Module]] = {key: [] for key in norms}
     order: list[nn.Module] = []
-    handles = [norm.register_forward_hook(lambda m, a, out: produced.__setitem__("y", out))]
+
+    def post(key):  # noqa: ANN001, ANN202
+        def hook(module, args, out):  # noqa: ANN001
+            produced[id(out)] = key
+            kept.append(out)
+        return hook
 
     def pre(module, args):  # noqa: ANN001
         order.append(module)
-        if "y" in produced and args and args[0] is produced["y"]:
-            consumers.append(module)
+        key = produced.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
+        if key is not None and module not in consumers[key]:
+            consumers[key].append(module)
 
+    handles = [norm.register_forward_hook(post(key)) for key, norm in norms.items()]
     names = {}
-    for name, module in block.named_modules():
+    for name, module in root.named_modules():
         if is_linear(module):
             names[module] = name
             handles.append(module.register_forward_pre_hook(pre))
     try:
-        run_block()
+        run()
     finally:
         for handle in handles:
             handle.remove()
-    consumers = list(dict.fromkeys(consumers))
+    return {key: (found, _output_projection(found, order, names)) for key, found in consumers.items()}
+
+
+def _output_projection(consumers: list[nn.Module], order: list[nn.Module], names: dict[nn.Module, str],
+                       ) -> nn.Module | None:
+    """The last linear that ran inside the consumers' common parent module (o_proj, down_proj, ...)."""
     if not consumers:
-        return [], None
+        return None
     prefixes = [names[c].rpartition(".")[0] for c in consumers]
     parent = prefixes[0]
     while parent and not all(p == parent or p.startswith(parent + ".") for p in prefixes):
         parent = parent.rpartition(".")[0]
     inside = [m for m in order if m not in consumers and parent and names[m].startswith(parent + ".")]
-    return consumers, (inside[-1] if inside else None)
+    return inside[-1] if inside else None
