@@ -52,7 +52,7 @@ class Call:
 
 
 class StopForward(Exception):
-    """Raised by `record_calls(..., stop=True)` once the first module's input is recorded."""
+    """Raised by `record_calls(..., stop=True)` once every watched module has been called (see there)."""
 
 
 @contextmanager
@@ -60,20 +60,30 @@ def record_calls(modules: Sequence[nn.Module], *, outputs: bool = True, stop: bo
                  ) -> Iterator[list[list[Call]]]:
     """Record every call of each module while the block runs: `calls[i]` lists module i's calls in order.
 
-    `outputs=False` keeps inputs only; `stop=True` raises `StopForward` right after a call's input is recorded (the
-    GPTQ "catcher": the inputs of the first block without running the rest of the model)."""
+    `outputs=False` keeps inputs only; `stop=True` raises `StopForward` once a call is recorded: right after its
+    input (the GPTQ "catcher": the inputs of the first block without running the rest of the model), or with
+    `outputs=True` right after its output. With several modules, it stops once every one has been called."""
     calls: list[list[Call]] = [[] for _ in modules]
     handles = []
+    pending = set(range(len(modules)))  # modules not yet called in this forward (for stop)
+
+    def maybe_stop(i: int) -> None:
+        pending.discard(i)
+        if stop and not pending:
+            pending.update(range(len(modules)))  # ready for the next forward
+            raise StopForward
+
     for i, module in enumerate(modules):
         def before(mod: nn.Module, args: tuple, kwargs: dict, i: int = i) -> None:
             calls[i].append(Call(args, kwargs))
-            if stop:
-                raise StopForward
+            if not outputs:
+                maybe_stop(i)
 
         handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
         if outputs:
             def after(mod: nn.Module, args: tuple, output: Any, i: int = i) -> None:
                 calls[i][-1].output = output
+                maybe_stop(i)
 
             handles.append(module.register_forward_hook(after))
     try:

@@ -108,6 +108,33 @@ def test_each_refit_level_brings_the_logits_closer(arch):
     assert errors["linear"] < errors["affine"], errors
 
 
+def test_linear_refit_runs_each_block_to_its_end_only_when_it_needs_the_output():
+    """The refit reads each site's input and each output projection's input from runs that stop there, and
+    the original sub-layers' outputs from the one run of the original block; the last linear of a block
+    (down_proj) runs in full forwards only: find_norms' trace, the consumer traces (one batch per site), the final
+    run of the block and the final norm's recording (one per batch each). The unoptimised loop ran it 5 times
+    per batch."""
+    model = tiny_model("llama")
+    down = model.model.layers[0].mlp.down_proj
+    calls = []  # the original block's copy carries the hook too: count the converted block's own runs only
+    down.register_forward_hook(lambda m, a, out: calls.append(m) if m is down else None)
+    dytune.convert(model, tokenizer=tiny_tokenizer(), calibration=TEXTS, calibration_refit="linear", progress=False)
+    batches = -(-len(TEXTS) // 4)  # calibration_batches' batch size
+    assert len(calls) == 2 * batches + 3, len(calls)
+
+
+def test_record_calls_stops_after_the_output_when_outputs_are_kept():
+    from dytune._blocks import StopForward, record_calls
+
+    block = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    ran = []
+    block[2].register_forward_pre_hook(lambda m, a: ran.append(True))
+    with record_calls([block[1]], outputs=True, stop=True) as calls:
+        with pytest.raises(StopForward):
+            block(torch.ones(1, 3))
+    assert calls[0][0].output.shape == (1, 3) and not ran  # block[1] ran, block[2] did not
+
+
 def test_refit_none_copies_gamma_exactly_and_linear_refit_cannot_be_reverted():
     model = tiny_model("llama")
     gamma = model.model.layers[0].input_layernorm.weight.detach().clone()

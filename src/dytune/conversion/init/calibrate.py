@@ -20,6 +20,7 @@ from dytune.conversion.config import METHODS, REFITS, RIDGE_TARGETS
 from dytune.conversion.init import refit as refits
 from dytune.conversion.init.fixed import centers, make_dyt
 from dytune.dyt import FORMS, DyT
+from dytune.errors import DytuneError
 from dytune.norms import NormSite
 
 ALPHA_GRID = torch.logspace(-3, 3, 193)  # 0.001 .. 1000
@@ -323,17 +324,25 @@ def calibrate_sites(
         teacher = copy.deepcopy(block)  # the original block, run on the original model's activations
         prefix = f"{blocks_prefix}.{index}."
         block_sites = by_block.get(index, [])
-        # one run of the original block gives every site's target and the next original activations
-        teacher_inputs, next_teacher_hiddens = _run_block(
-            teacher, calls, teacher_hiddens, [teacher.get_submodule(s.name[len(prefix):]) for s in block_sites])
+        teacher_norms = [teacher.get_submodule(s.name[len(prefix):]) for s in block_sites]
+        # the original sub-layers' outputs that a linear refit fits the output projections to (found by name)
+        wanted = _output_projections(teacher, block_sites, teacher_norms, calls, teacher_hiddens) \
+            if refit == "linear" else {}
+        # one run of the original block gives every site's target, those outputs and the next original activations
+        recorded, next_teacher_hiddens = _run_block(
+            teacher, calls, teacher_hiddens, teacher_norms + [m for _, m in wanted.values()],
+            outputs=[False] * len(teacher_norms) + [True] * len(wanted))
+        teacher_inputs = recorded[: len(teacher_norms)]
+        wanted = {name: (proj, out) for (name, (proj, _)), out in zip(wanted.items(), recorded[len(teacher_norms):])}
         for site, x_teacher in zip(block_sites, teacher_inputs):
             target = site.reference_output(real(x_teacher))
-            (x,), _ = _run_block(block, calls, hiddens, [site.module])  # after the earlier sites were installed
+            # the site's input, after the earlier sites were installed (the run stops there)
+            (x,), _ = _run_block(block, calls, hiddens, [site.module], stop=True)
             x = real(x)
             dyt = fit_and_install(site, x, target)
             if refit == "linear" and site.kind in ("attn", "ffn"):
-                error = _refit_linears(block, teacher, site, dyt, x, target, weights[: x.shape[0]], calls,
-                                       hiddens, teacher_hiddens, real, ridge, ridge_to)
+                error = _refit_linears(block, site, dyt, x, target, weights[: x.shape[0]], calls, hiddens, real,
+                                       wanted.get(site.name), ridge, ridge_to)
                 fitted[site.name] = (dyt, error)
         _, hiddens = _run_block(block, calls, hiddens, [])
         teacher_hiddens = next_teacher_hiddens
@@ -381,10 +390,21 @@ def _final_norm_logit_fit(site: NormSite, dyt: DyT, x: torch.Tensor, target: tor
         dyt.bias.data.copy_(beta.to(dyt.bias.device))
 
 
-def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens, teacher_hiddens, real,  # noqa: ANN001
+def _output_projections(teacher, sites, norms, calls, hiddens) -> dict[str, tuple[str, torch.nn.Module]]:  # noqa: ANN001
+    """{site name: (name in the block, module)} of each site's sub-layer output projection in the original block
+    (traced on one batch), so that one run of it can record what they output."""
+    names = {module: name for name, module in teacher.named_modules()}
+    args, kwargs = _with_hidden(*calls[0], hiddens[0])
+    traced = refits.trace_consumers(teacher, {s.name: norm for s, norm in zip(sites, norms)},
+                                    lambda: teacher(*args, **kwargs))
+    return {name: (names[proj], proj) for name, (_, proj) in traced.items() if proj is not None}
+
+
+def _refit_linears(block, site, dyt, x, target, weights, calls, hiddens, real, wanted,  # noqa: ANN001
                    ridge: float = 1e-3, ridge_to: str = "zero") -> float:
     """refit='linear' for one norm: fold a full least-squares map into its consumers, then refit the
-    sub-layer's output projection against the original's (see `refit.py`). Returns the map's fit error."""
+    sub-layer's output projection against the original's outputs (`wanted`: (name, recorded outputs); see
+    `refit.py`). Returns the map's fit error."""
     args, kwargs = _with_hidden(*calls[0], hiddens[0])
     consumers, out_proj = refits.find_consumers(block, dyt, lambda: block(*args, **kwargs))
     if not consumers:
@@ -393,11 +413,12 @@ def _refit_linears(block, teacher, site, dyt, x, target, weights, calls, hiddens
     refits.fold_map_into_consumers(consumers, mapping)
     if out_proj is not None:
         names = {m: n for n, m in block.named_modules()}
-        teacher_out = teacher.get_submodule(names[out_proj])
-        (inputs,), _ = _run_block(block, calls, hiddens, [out_proj])
-        (wanted,), _ = _run_block(teacher, calls, teacher_hiddens, [teacher_out], outputs=True)
-        refits.refit_output_projection(out_proj, real(inputs), real(wanted), weights, ridge,
-                                towards_current=ridge_to == "original")
+        if wanted is None or wanted[0] != names[out_proj]:
+            raise DytuneError(f"linear refit: {site.name}'s sub-layer ends in {names[out_proj]} in the converted "
+                              "block but not in the original one")
+        (inputs,), _ = _run_block(block, calls, hiddens, [out_proj], stop=True)
+        refits.refit_output_projection(out_proj, real(inputs), real(wanted[1]), weights, ridge,
+                                       towards_current=ridge_to == "original")
     return error
 
 
@@ -433,16 +454,25 @@ def _features(dyt: DyT, x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(alpha * x)
 
 
-def _run_block(block, calls, hiddens, modules, outputs: bool = False):  # noqa: ANN001, ANN202
-    """Run `block` on every batch; returns ([per module: list of its inputs (or outputs)], block outputs)."""
+def _run_block(block, calls, hiddens, modules, outputs: bool | Sequence[bool] = False,  # noqa: ANN001, ANN202
+               stop: bool = False):
+    """Run `block` on every batch; returns ([per module: list of its inputs (or outputs)], block outputs).
+
+    `outputs`: one flag for every module, or one per module. `stop`: each batch's run ends once every module has
+    been recorded (the rest of the block is not computed; no block outputs then)."""
+    flags = [outputs] * len(modules) if isinstance(outputs, bool) else list(outputs)
     new_hiddens = []
-    with record_calls(modules, outputs=outputs) as recorded:
+    with record_calls(modules, outputs=any(flags), stop=stop) as recorded:
         for (args, kwargs), hidden in zip(calls, hiddens):
             a, k = _with_hidden(args, kwargs, hidden)
-            out = block(*a, **k)
+            try:
+                out = block(*a, **k)
+            except StopForward:
+                continue
             new_hiddens.append(out[0] if isinstance(out, (tuple, list)) else out)
-    kept = [[(c.output if outputs else c.args[0]).detach() for c in module_calls] for module_calls in recorded]
-    return kept, new_hiddens
+    kept = [[(c.output if flag else c.args[0]).detach() for c in module_calls]
+            for flag, module_calls in zip(flags, recorded)]
+    return kept, (None if stop else new_hiddens)
 
 
 def first_positions(shape: torch.Size | tuple[int, int], attention_mask: torch.Tensor | None = None,
