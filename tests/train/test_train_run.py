@@ -317,6 +317,28 @@ def test_gated_removal_from_a_linear_refit_starts_at_the_original(quick, tmp_pat
     assert twin["status"] == "completed"
 
 
+def test_gated_removal_of_a_saved_dyt_model_uses_the_teacher(quick, tiny_dir, tmp_path) -> None:
+    # a DyT checkpoint converted in another process (linear refit) has no norms beside it: the gates come
+    # from `teacher:`, and step 0 is the teacher's loss
+    from dytune.testing import tiny_tokenizer
+
+    model = dytune.load(str(tiny_dir))
+    dytune.convert(model, tokenizer=tiny_tokenizer(), calibration=[f"text number {i} of a few" for i in range(16)],
+                   calibration_refit="linear", progress=False)
+    dytune.save(model, tmp_path / "dyt", tiny_tokenizer())
+    gated = dict(mode="full", distill=True, removal_ramp_steps=2, max_steps=2, eval_on_start=True,
+                 eval_steps=100, learning_rate=1e-9)
+    train(quick(model=str(tmp_path / "dyt"), teacher=str(tiny_dir), output_dir=str(tmp_path / "g"), **gated))
+    train(quick(norm="layernorm", mode="full", max_steps=1, eval_on_start=True, eval_steps=100,
+                learning_rate=1e-9, output_dir=str(tmp_path / "ln")))
+    start = [r for r in read_metrics(tmp_path / "g" / "metrics.jsonl") if "eval_loss" in r][0]
+    original = [r for r in read_metrics(tmp_path / "ln" / "metrics.jsonl") if "eval_loss" in r][0]
+    assert start["eval_loss"] == pytest.approx(original["eval_loss"], abs=1e-4)
+    with pytest.raises(DytuneError, match=r"needs the original model: convert in this run .* or distill: true with teacher:"):
+        train(quick(model=str(tmp_path / "dyt"), distill=False, output_dir=str(tmp_path / "no"),
+                    **{k: v for k, v in gated.items() if k != "distill"}))
+
+
 def test_reconstruction_stage_runs_before_training(quick, tmp_path) -> None:
     summary = train(quick(mode="full", distill=True, reconstruct_steps=4, reconstruct_tokens=200,
                           reconstruct_lr=3e-3, reconstruct_max_grad_norm=1.0, alpha_init="constant:40", max_steps=1,
