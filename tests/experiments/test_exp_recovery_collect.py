@@ -67,6 +67,29 @@ def test_collect_ignores_a_summary_that_is_not_this_runs_end(recovery, tmp_path)
     assert arm["partial"] == "stopped at 800 of 800 training tokens (stopped: non-finite loss)"
 
 
+def test_collect_marks_evaluations_with_norms_still_mixed_in(recovery, tmp_path):
+    # gradual removal: eval_removal_gate where logged, else the gate the next training step logged
+    run = tmp_path / "gated"
+    run.mkdir()
+    rows = [{"step": 0, "eval_loss": 2.0, "num_input_tokens_seen": 0},
+            {"step": 1, "loss": 2.0, "tokens": 100, "removal_gate": 1.0},
+            {"step": 2, "loss": 2.1, "tokens": 200, "removal_gate": 0.5},
+            {"step": 2, "eval_loss": 2.3, "num_input_tokens_seen": 200},
+            {"step": 3, "loss": 2.2, "tokens": 300, "removal_gate": 0.25},
+            {"step": 4, "loss": 2.2, "tokens": 400, "removal_gate": 0.0},
+            {"step": 4, "eval_loss": 2.5, "num_input_tokens_seen": 400, "eval_removal_gate": 0.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    arm = recovery.collect_arm(run, budget=400)
+    assert [p.get("gate") for p in arm["curve"]] == [1.0, 0.25, None]  # step 0 ran at g = 1; step 4: pure DyT
+    result = {"original_ce": 2.0, "data": {"heldout": 2}, "arms": {"gated": arm}}
+    recovery.finish(result, tmp_path / "r.json", {"gated": {"norm": "dyt"}})
+    assert "mean gate" not in recovery.table(result)  # its last evaluation is norm-free
+    arm["curve"][-1]["gate"] = 0.3
+    recovery.finish(result, tmp_path / "r.json", {"gated": {"norm": "dyt"}})
+    assert "2.500 (mean gate 0.30: norms still mixed in)" in recovery.table(result)
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
 def test_collect_missing_run_says_which(recovery, tmp_path):
     with pytest.raises(FileNotFoundError, match="never ran"):
         recovery.collect_arm(tmp_path / "nope", budget=1)

@@ -293,6 +293,7 @@ def test_gated_run_evaluates_the_gated_model_then_the_pure_dyt_one(quick, tmp_pa
     start = [r for r in read_metrics(tmp_path / "g" / "metrics.jsonl") if "eval_loss" in r][0]
     original = [r for r in read_metrics(tmp_path / "ln" / "metrics.jsonl") if "eval_loss" in r][0]
     assert start["step"] == 0 and start["eval_loss"] == pytest.approx(original["eval_loss"], abs=1e-5)
+    assert start["eval_removal_gate"] == 1.0 and "eval_removal_gate" not in original
     assert abs(summary["final_eval"]["eval_loss"] - start["eval_loss"]) > 0.01  # constant:0.5 DyT differs
     assert twin["status"] == "completed"
 

@@ -201,8 +201,16 @@ def collect_arm(run: Path, budget: int) -> dict:
     # block-wise distillation tokens come first on the x axis; only a summary knows them (partial runs: 0)
     offset = (summary.get("local_distill") or {}).get("tokens", 0)
     by_step = {r["step"]: r for r in rows if "eval_loss" in r}  # a resumed run evaluates its first step twice
-    curve = [{"step": s, "tokens": int(r.get("num_input_tokens_seen", 0)) + offset, "ce": r["eval_loss"]}
-             for s, r in sorted(by_step.items())]
+    # gradual removal: the mean gate the evaluation ran with (runs before eval_removal_gate was logged: the gate
+    # the next training step logged, which trained at the same global step)
+    next_gate = {r["step"] - 1: r["removal_gate"] for r in rows if "removal_gate" in r}
+    curve = []
+    for s, r in sorted(by_step.items()):
+        point = {"step": s, "tokens": int(r.get("num_input_tokens_seen", 0)) + offset, "ce": r["eval_loss"]}
+        gate = r.get("eval_removal_gate", next_gate.get(s))
+        if gate:
+            point["gate"] = gate
+        curve.append(point)
     trained = [r for r in rows if "tokens" in r]
     settings = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     out = {"settings": {k: v for k, v in settings.items() if k != "data"}, "curve": curve,
@@ -232,6 +240,8 @@ def finish(result: dict, out: Path, arms_spec: dict[str, dict]) -> None:
                 point["gap_vs_twin"] = point["ce"] - twin_by_step[point["step"]]
         last = arm["curve"][-1] if arm["curve"] else {}
         arm["final"] = {k: last.get(k) for k in ("tokens", "ce", "gap", "gap_vs_twin")}
+        if last.get("gate"):
+            arm["final"]["gate"] = last["gate"]
         arm["start"] = {k: arm["curve"][0].get(k) for k in ("tokens", "ce", "gap")} if arm["curve"] else {}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
@@ -252,7 +262,8 @@ def table(result: dict) -> str:
 
         def fmt(v, d=3):  # noqa: ANN001, ANN202
             return "-" if v is None else f"{v:.{d}f}"
-        lines.append(f"| {name} | {fmt(s.get('gap'))} | {f.get('tokens') or 0:,} | {fmt(f.get('ce'))} | "
+        gate = f" (mean gate {f['gate']:.2f}: norms still mixed in)" if f.get("gate") else ""
+        lines.append(f"| {name} | {fmt(s.get('gap'))} | {f.get('tokens') or 0:,} | {fmt(f.get('ce'))}{gate} | "
                      f"{fmt(f.get('gap'))} | {fmt(f.get('gap_vs_twin'))} |")
     return "\n".join(lines)
 
@@ -269,15 +280,20 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for name, arm in result["arms"].items():
+    gated = False
+    for index, (name, arm) in enumerate(result["arms"].items()):
         style = "--" if name.endswith("-twin") else (":" if name.startswith("lever") else "-")
-        points = [p for p in arm["curve"] if p.get("gap") is not None]
-        left.plot([p["tokens"] for p in points], [p["gap"] for p in points], marker="o", ms=3, linestyle=style,
-                  label=name)
-        vs_twin = [p for p in arm["curve"] if p.get("gap_vs_twin") is not None]
-        if vs_twin:
-            right.plot([p["tokens"] for p in vs_twin], [p["gap_vs_twin"] for p in vs_twin], marker="o", ms=3,
-                       linestyle=style, label=name)
+        for ax, key in ((left, "gap"), (right, "gap_vs_twin")):  # one colour per arm in both panels
+            points = [p for p in arm["curve"] if p.get(key) is not None]
+            if not points:
+                continue
+            line, = ax.plot([p["tokens"] for p in points], [p[key] for p in points], marker="o", ms=3,
+                            linestyle=style, label=name, color=f"C{index % 10}")
+            mixed = [p for p in points if p.get("gate")]  # gradual removal: norms still mixed in (hollow)
+            if mixed:
+                gated = True
+                ax.plot([p["tokens"] for p in mixed], [p[key] for p in mixed], marker="o", ms=5, linestyle="none",
+                        markerfacecolor="white", color=line.get_color())
     right.axhline(TARGET_GAP_VS_TWIN, color="grey", linewidth=0.8, linestyle=":",
                   label=f"target {TARGET_GAP_VS_TWIN:.2f} nat")
     left.set_yscale("symlog", linthresh=0.1)  # twins go below the original, DyT arms start nats above it
@@ -288,6 +304,7 @@ def plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M: DyT recovery (held-out Alpaca, assistant tokens)")
+    note = "; hollow: gradual removal not finished (norms still mixed in)" if gated else ""
+    fig.suptitle(f"SmolLM2-135M: DyT recovery (held-out Alpaca, assistant tokens){note}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

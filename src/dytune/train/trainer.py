@@ -212,6 +212,8 @@ class DytuneTrainer(Trainer):
             output.metrics[f"{prefix}_loss"] = loss  # token-weighted, as `dytune eval`
             output.metrics[f"{prefix}_ppl"] = math.exp(min(loss, 50.0))
             output.metrics[f"{prefix}_tokens"] = int(tokens)
+        if self._gates is not None:
+            output.metrics[f"{prefix}_removal_gate"] = self._gates.mean_gate  # > 0: norms were still mixed in
         return output
 
     # -- checkpoints: written aside, renamed into place -----------------------------------------------------
