@@ -8,7 +8,8 @@ steps, then the group is held at 0 for `hold_steps` while the next group waits a
     fakeln  by kind, as the published LayerNorm removals from GPT-2 did it (Heimersheim 2024; Baroni et al.
             2025): MLP-input norms first, then attention inputs, then sandwich/post norms, then the final norm
 
-The gate is a forward hook on each DyT site (its output is mixed with the kept original norm's), so the
+The gate is a forward hook on each DyT site (its output is mixed with the kept original norm's; after a
+conversion that changed linear layers, on the layers that read the site: `NormGates`), so the
 model's state dict, PEFT wrappers and optimizer never see it: a checkpoint written at any step is the DyT
 student, the schedule is a function of the step (resume needs nothing saved), and once every gate reaches 0
 no hook is left and the model holds no norm.
