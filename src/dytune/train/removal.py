@@ -198,10 +198,7 @@ class NormGates:
             if reads_norm:
                 normed = self._normed[name]
                 x = normed[..., normed.shape[-2] - x.shape[-2]:, :]  # the LM head may read the last positions only
-            weight = theirs.weight
-            if weight.device != x.device:
-                theirs.to(x.device)
-            out = theirs(x.to(weight.dtype)).float()
+            out = run_original(theirs, x.to(theirs.weight.dtype)).float()  # the teacher's layer may be bf16
             g = self._weights[name]
             return (g * out + (1.0 - g) * output.float()).to(output.dtype)
 

@@ -283,14 +283,12 @@ class TrainRecipe:
         converted in another process), from the distillation teacher (`NormGates.from_original`)."""
         from dytune.hf_registration import is_dyt_model
         from dytune.train.removal import NormGates
-        from dytune.train.teacher import FrozenTeacher
 
         if self.cfg.norm != "dyt" or not self.cfg.removal_schedule((), ()).active or not is_dyt_model(model):
             return None
         if self.originals is not None:
             return NormGates(self.originals.originals)
-        if not isinstance(self.teacher, FrozenTeacher):
-            raise DytuneError("gradual removal needs the original model: set teacher: to it (with distill: true)")
+        # _setup_model refused a run without kept norms or a teacher copy, so the teacher is a FrozenTeacher
         names = [layer["name"] for layer in model.config.dyt["layers"]]
         return NormGates.from_original(model, self.teacher.model, names)
 

@@ -21,8 +21,6 @@ from dytune._blocks import find_blocks, unwrap
 from dytune.errors import DytuneError
 
 
-
-
 def run_original(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A kept original norm on a site's input (moved to the input's device first), in the input's dtype."""
     param = next(norm.parameters(), None)

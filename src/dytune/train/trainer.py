@@ -17,10 +17,10 @@ from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
 from dytune.dyt import DyT
+from dytune._blocks import unwrap
 from dytune.errors import DytuneError
 from dytune.train.losses import CompiledLoss, causal_ce_sum, hidden_match, kl_teacher_student
 from dytune.train.removal import NormGates, RemovalSchedule
-from dytune._blocks import unwrap
 from dytune.train.trainable import param_groups
 
 STAGING = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
