@@ -62,3 +62,22 @@ def test_token_nmse_weights_each_token_once_and_the_sink_on_top():
     mask = torch.ones(1, 3)
     assert float(token_nmse(student, target, mask)) == pytest.approx(0.01 / 3)
     assert float(token_nmse(student, target, mask, sink_weight=2.0)) == pytest.approx(0.02 / 4)
+
+
+def test_after_a_linear_refit_the_final_norm_is_left_to_its_refitted_head(tmp_path):
+    """A linear refit fits the LM head to the final DyT's own output, so the original norm's output is not
+    that DyT's target: reconstruction trains the blocks and leaves the final DyT as it is."""
+    from dytune.testing import tiny_tokenizer
+
+    tiny_model("llama").save_pretrained(tmp_path / "original")
+    original = dytune.load_model(str(tmp_path / "original")).eval()
+    model = dytune.load_model(str(tmp_path / "original"))
+    texts = [f"The quick brown fox number {i} jumps over the lazy dog, again and again." for i in range(24)]
+    dytune.convert(model, tokenizer=tiny_tokenizer(), calibration=texts, calibration_refit="linear", progress=False)
+    final = {k: v.clone() for k, v in model.model.norm.state_dict().items()}
+    summary = reconstruct_blocks(model, FrozenTeacher(copy.deepcopy(original)), _batches(), steps_per_block=5,
+                                 lr=1e-3, max_grad_norm=1.0, progress=False)
+    blocks = summary["blocks"]
+    assert [b["block"] for b in blocks] == [0, 1, "model.norm"]
+    assert "nmse_after" in blocks[0] and "LM head was refitted" in blocks[2]["skipped"]
+    assert all(torch.equal(v, model.model.norm.state_dict()[k]) for k, v in final.items())

@@ -10,6 +10,9 @@ import argparse
 
 
 def add_parser(subparsers, name: str) -> None:
+    from dytune.experiments.demo import DemoSettings
+
+    full, fast = DemoSettings.full(), DemoSettings.fast_mode()
     p = subparsers.add_parser(
         name, help="the whole story on the embedded SmolLM2-135M, offline: convert, recover, compare, report",
         description="Convert the embedded SmolLM2-135M to DyT (alpha calibrated on real ShareGPT conversations), "
@@ -23,8 +26,8 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--recipe", default=None,
                    help="training recipe, conversion included (default: recover, what `dytune train` does; "
                         "original-study, linear-refit, dytune, ...: dytune/recipes)")
-    p.add_argument("--steps", type=int, default=None, help="recovery training steps (default: 60, --fast 16)")
-    p.add_argument("--questions", type=int, default=None, help="MT-bench questions answered (default: 3, --fast 1)")
+    p.add_argument("--steps", type=int, default=None, help=f"recovery training steps (default: {full.steps}, --fast {fast.steps})")
+    p.add_argument("--questions", type=int, default=None, help=f"MT-bench questions answered (default: {full.questions}, --fast {fast.questions})")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
 

@@ -8,7 +8,8 @@ the *teacher's* input and trains only DyT parameters), a block here learns to un
 Per block: AdamW on every weight of the block (and its DyT parameters), a cosine schedule, tight gradient
 clipping, and a per-token normalised MSE (each token's squared error over its target's squared norm, so the
 attention sink, whose activations are ~100x the median, counts as one token; `sink_weight` weighs position 0
-on top). Norms after the last block (the final norm) are fitted the same way on their own input.
+on top). Norms after the last block (the final norm) are fitted the same way on their own input, unless a linear
+refit fitted the LM head to the DyT's own output (the original norm's output is then not what the head expects).
 
 Memory: the activations of the cached batches are held in memory, three float32 copies of the hidden state
 per token (the student's input, the original's input and the original block's output) plus each batch's
@@ -179,7 +180,12 @@ def reconstruct_blocks(model: nn.Module, teacher: OriginalNorms | FrozenTeacher,
             if progress:
                 print(f"  reconstructing block {index + 1}/{len(blocks)}: normalised error {before:.4g} -> "
                       f"{after:.4g}", file=sys.stderr, flush=True)
+        head_refitted = (getattr(base.config, "dyt", None) or {}).get("refit") == "linear"
         for name in outer:  # the final norm: fitted on the student's last hidden state
+            if head_refitted:  # its DyT feeds an LM head refitted to it: the original norm's output is no target
+                per_block.append({"block": name, "skipped": "the LM head was refitted to this DyT's output "
+                                                            "(calibration_refit: linear); end-to-end training tunes it"})
+                continue
             dyt = base.get_submodule(name)
             norm = _outer_norm(teacher, name)
             with torch.no_grad():
