@@ -66,7 +66,7 @@ def test_token_nmse_weights_each_token_once_and_the_sink_on_top():
 
 def test_after_a_linear_refit_the_final_norm_is_left_to_its_refitted_head(tmp_path):
     """A linear refit fits the LM head to the final DyT's own output, so the original norm's output is not
-    that DyT's target: reconstruction trains the blocks and leaves the final DyT as it is."""
+    that DyT's target: reconstruction of the saved, reloaded DyT model trains the blocks and leaves the final DyT."""
     from dytune.testing import tiny_tokenizer
 
     tiny_model("llama").save_pretrained(tmp_path / "original")
@@ -74,10 +74,25 @@ def test_after_a_linear_refit_the_final_norm_is_left_to_its_refitted_head(tmp_pa
     model = dytune.load_model(str(tmp_path / "original"))
     texts = [f"The quick brown fox number {i} jumps over the lazy dog, again and again." for i in range(24)]
     dytune.convert(model, tokenizer=tiny_tokenizer(), calibration=texts, calibration_refit="linear", progress=False)
+    dytune.save(model, tmp_path / "dyt", tiny_tokenizer())
+    model = dytune.load(tmp_path / "dyt")
     final = {k: v.clone() for k, v in model.model.norm.state_dict().items()}
-    summary = reconstruct_blocks(model, FrozenTeacher(copy.deepcopy(original)), _batches(), steps_per_block=5,
-                                 lr=1e-3, max_grad_norm=1.0, progress=False)
+    summary = reconstruct_blocks(model, FrozenTeacher(original), _batches(), steps_per_block=5, lr=1e-3,
+                                 max_grad_norm=1.0, progress=False)
     blocks = summary["blocks"]
     assert [b["block"] for b in blocks] == [0, 1, "model.norm"]
     assert "nmse_after" in blocks[0] and "LM head was refitted" in blocks[2]["skipped"]
     assert all(torch.equal(v, model.model.norm.state_dict()[k]) for k, v in final.items())
+
+
+def test_an_embedding_norm_is_left_to_end_to_end_training():
+    """BLOOM's embedding norm sits before the first block: the last hidden state is not its input."""
+    original = tiny_model("bloom").eval()
+    model = copy.deepcopy(original)
+    dytune.convert(model, alpha_init="constant:40", progress=False)
+    summary = reconstruct_blocks(model, FrozenTeacher(copy.deepcopy(original)), _batches(), steps_per_block=2,
+                                 lr=1e-3, max_grad_norm=1.0, progress=False)
+    outer = {b["block"]: b for b in summary["blocks"] if isinstance(b["block"], str)}
+    assert set(outer) == {"transformer.word_embeddings_layernorm", "transformer.ln_f"}
+    assert "before the first block" in outer["transformer.word_embeddings_layernorm"]["skipped"]
+    assert outer["transformer.ln_f"]["nmse_after"] < outer["transformer.ln_f"]["nmse_before"]

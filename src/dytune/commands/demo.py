@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(subparsers, name: str) -> None:
     from dytune.experiments.demo import DemoSettings
@@ -20,14 +18,17 @@ def add_parser(subparsers, name: str) -> None:
                     "original, the converted and the recovered model on conversations never used for calibration "
                     "or training, answer a few MT-bench questions with each, and write a report. Needs only the "
                     "offline wheels of scripts/setup.sh. Exits 1 if recovery brought no gain.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    )
     p.add_argument("--fast", action="store_true", help="smaller everything: a few minutes (CI)")
-    p.add_argument("--out", default="runs/demo", help="output directory (its demo sub-folders are replaced)")
+    p.add_argument("--out", default="runs/demo",
+                   help="output directory (its demo sub-folders are replaced; default: runs/demo)")
     p.add_argument("--recipe", default=None,
                    help="training recipe, conversion included (default: recover, what `dytune train` does; "
                         "original-study, linear-refit, dytune, ...: dytune/recipes)")
-    p.add_argument("--steps", type=int, default=None, help=f"recovery training steps (default: {full.steps}, --fast {fast.steps})")
-    p.add_argument("--questions", type=int, default=None, help=f"MT-bench questions answered (default: {full.questions}, --fast {fast.questions})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"recovery training steps (default: {full.steps}, --fast {fast.steps})")
+    p.add_argument("--questions", type=int, default=None,
+                   help=f"MT-bench questions answered (default: {full.questions}, --fast {fast.questions})")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
 

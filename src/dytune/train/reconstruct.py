@@ -8,8 +8,9 @@ the *teacher's* input and trains only DyT parameters), a block here learns to un
 Per block: AdamW on every weight of the block (and its DyT parameters), a cosine schedule, tight gradient
 clipping, and a per-token normalised MSE (each token's squared error over its target's squared norm, so the
 attention sink, whose activations are ~100x the median, counts as one token; `sink_weight` weighs position 0
-on top). Norms after the last block (the final norm) are fitted the same way on their own input, unless a linear
-refit fitted the LM head to the DyT's own output (the original norm's output is then not what the head expects).
+on top). The final norm is fitted the same way on its own input, unless a linear refit fitted the LM head to the
+DyT's own output (the original norm's output is then not what the head expects); an embedding norm (before the
+first block) is left to end-to-end training.
 
 Memory: the activations of the cached batches are held in memory, three float32 copies of the hidden state
 per token (the student's input, the original's input and the original block's output) plus each batch's
@@ -102,6 +103,17 @@ def _outer_norm(teacher: OriginalNorms | FrozenTeacher, name: str) -> nn.Module:
     return teacher.originals[name]
 
 
+def _outer_skip_reason(model: nn.Module, name: str) -> str | None:
+    """Why the DyT `name` outside the blocks is not fitted to the original norm's output (None: it is)."""
+    spec = getattr(model.config, "dyt", None) or {}
+    kind = next((layer["kind"] for layer in spec.get("layers", []) if layer["name"] == name), "final")
+    if kind != "final":  # an embedding norm sits before the first block, not on the last hidden state
+        return f"a {kind} norm, before the first block; end-to-end training tunes it"
+    if spec.get("refit") == "linear":  # its DyT feeds an LM head refitted to it: the norm's output is no target
+        return "the LM head was refitted to this DyT's output (calibration_refit: linear); end-to-end training tunes it"
+    return None
+
+
 def _fit(module_params: list[nn.Parameter], loss_of_batch, n_batches: int, steps: int, lr: float,
          max_grad_norm: float) -> None:
     """AdamW with a cosine schedule over `steps`, one cached batch per step."""
@@ -127,7 +139,8 @@ def reconstruct_blocks(model: nn.Module, teacher: OriginalNorms | FrozenTeacher,
                        steps_per_block: int, lr: float = 1e-4, max_grad_norm: float = 0.1,
                        sink_weight: float = 1.0, max_tokens: int | None = None, progress: bool = True) -> dict:
     """Reconstruct the student's blocks in order (see the module docstring); returns a summary with each block's
-    normalised error before and after, on the cached batches.
+    normalised error before and after on the cached batches (`nmse_before` / `nmse_after`), or, for a norm outside
+    the blocks that is left to end-to-end training, why (`skipped`).
 
     `batches`: dicts with input_ids and attention_mask; taken until `max_tokens` real tokens are cached.
     """
@@ -180,11 +193,10 @@ def reconstruct_blocks(model: nn.Module, teacher: OriginalNorms | FrozenTeacher,
             if progress:
                 print(f"  reconstructing block {index + 1}/{len(blocks)}: normalised error {before:.4g} -> "
                       f"{after:.4g}", file=sys.stderr, flush=True)
-        head_refitted = (getattr(base.config, "dyt", None) or {}).get("refit") == "linear"
         for name in outer:  # the final norm: fitted on the student's last hidden state
-            if head_refitted:  # its DyT feeds an LM head refitted to it: the original norm's output is no target
-                per_block.append({"block": name, "skipped": "the LM head was refitted to this DyT's output "
-                                                            "(calibration_refit: linear); end-to-end training tunes it"})
+            skipped = _outer_skip_reason(base, name)
+            if skipped:
+                per_block.append({"block": name, "skipped": skipped})
                 continue
             dyt = base.get_submodule(name)
             norm = _outer_norm(teacher, name)

@@ -32,7 +32,7 @@ class RunSummary:
     alpha: dict[str, float] = field(default_factory=dict)
     conversion: dict | None = None  # {"alpha_init", "layers"} when the run converted the model
     local_distill: dict | None = None  # the block-wise stage: steps, tokens, nmse_first/last, ...
-    reconstruction: dict | None = None  # sequential block reconstruction: tokens, per-block nmse before/after, ...
+    reconstruction: dict | None = None  # block reconstruction: tokens, per-block nmse before/after (or skipped)
     eos_token_id: Any = None
     final: str | None = None
     adapter: str | None = None
