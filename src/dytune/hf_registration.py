@@ -319,6 +319,13 @@ def is_dyt_model(model: nn.Module) -> bool:
     return getattr(type(model), "_is_dytune", False)
 
 
+def site_kinds(config) -> dict[str, str]:  # noqa: ANN001
+    """{converted site name: its kind (attention, mlp, final, embedding, ...)} from a converted `config.dyt`
+    ({} for a model that was never converted)."""
+    spec = getattr(config, "dyt", None) or {}
+    return {layer["name"]: layer["kind"] for layer in spec.get("layers", [])}
+
+
 def mark_converted(model: nn.Module, *, sites, report) -> None:  # noqa: ANN001
     """Re-class a freshly converted model and its config so that saving and reloading keep DyT."""
     config = model.config

@@ -66,8 +66,24 @@ def test_kl_is_zero_for_identical_logits_and_positive_otherwise() -> None:
     mask = torch.ones(2, 4, dtype=torch.bool)
     assert float(kl_teacher_student(logits, logits, mask, 2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(kl_teacher_student(logits + torch.randn(2, 5, 11), logits, mask)) > 0
-    hs = tuple(torch.randn(2, 5, 8) for _ in range(3))
-    assert float(hidden_match(hs, hs, torch.ones(2, 5))) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_hidden_match_weighs_every_token_once_and_skips_both_ends() -> None:
+    torch.manual_seed(0)
+    teacher = [torch.randn(1, 4, 8) for _ in range(4)]  # embedding output, two blocks, the final norm's output
+    for h in teacher[1:3]:
+        h[:, 0] *= 100  # the attention sink's massive activation
+    mask = torch.ones(1, 4)
+    student = [h.clone() for h in teacher]
+    assert float(hidden_match(tuple(student), tuple(teacher), mask)) == pytest.approx(0.0, abs=1e-7)
+    student[0] = student[0] + 1.0  # the embedding output and the post-norm state are not compared
+    student[3] = student[3] * 3.0
+    assert float(hidden_match(tuple(student), tuple(teacher), mask)) == pytest.approx(0.0, abs=1e-7)
+    student[1] = teacher[1].clone()
+    student[1][:, 2] *= 2.0  # one ordinary token off by its own norm: 1/4 of block 1's tokens, half the blocks
+    assert float(hidden_match(tuple(student), tuple(teacher), mask)) == pytest.approx(1.0 / 4 / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="two blocks"):
+        hidden_match(tuple(student[:2]), tuple(teacher[:2]), mask)
 
 
 @pytest.mark.parametrize("mode", ["lora+dyt", "full"])

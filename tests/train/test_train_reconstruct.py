@@ -7,7 +7,8 @@ import torch
 
 import dytune
 from dytune.testing import tiny_model
-from dytune.train.reconstruct import reconstruct_blocks, token_nmse
+from dytune.train.losses import token_nmse
+from dytune.train.reconstruct import reconstruct_blocks
 from dytune.train.teacher import FrozenTeacher, OriginalNorms
 
 

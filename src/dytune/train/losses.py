@@ -35,19 +35,29 @@ def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return (kl * m).sum() / m.sum().clamp_min(1) * (t * t)
 
 
+def token_nmse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, sink_weight: float = 1.0
+               ) -> torch.Tensor:
+    """Mean over real tokens of ||s - t||^2 / ||t||^2 (position 0 weighted by `sink_weight`): each token counts
+    once, so the attention sink (activations ~100x the median) does not dominate."""
+    err = (student.float() - target.float()).pow(2).sum(-1)
+    ref = target.float().pow(2).sum(-1).clamp_min(1e-6)
+    weight = mask.to(torch.float32)
+    if sink_weight != 1.0:
+        weight = weight.clone()
+        weight[:, 0] *= sink_weight
+    return (err / ref * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
 def hidden_match(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
                  mask: torch.Tensor) -> torch.Tensor:
-    """Mean over layers of the MSE between hidden states, each normalised by the teacher's mean square (so
-    layers with large residual streams do not dominate). `mask` (B, T) selects real tokens."""
-    m = mask.unsqueeze(-1).float()  # (B, T, 1)
-    n = m.sum().clamp_min(1)
-    terms = []
-    for hs, ht in zip(student_hidden[1:], teacher_hidden[1:]):  # [0] is the embedding output: identical
-        ht = ht.float()
-        err = ((hs.float() - ht).pow(2) * m).sum() / n
-        scale = (ht.pow(2) * m).sum() / n
-        terms.append(err / scale.clamp_min(1e-6))
-    return torch.stack(terms).mean()
+    """Mean over blocks of the per-token normalised MSE (`token_nmse`) between the student's and the teacher's
+    block outputs. `mask` (B, T) selects real tokens. HF's `hidden_states` are the embedding output, then each
+    block's output, the last one after the final norm: both ends are left out (the embedding output is identical,
+    and a linear refit fits the LM head to the final DyT's own output, not to the original norm's)."""
+    pairs = list(zip(student_hidden[1:-1], teacher_hidden[1:-1]))
+    if not pairs:
+        raise ValueError("hidden-state matching needs at least two blocks")
+    return torch.stack([token_nmse(hs, ht, mask) for hs, ht in pairs]).mean()
 
 
 @dataclass

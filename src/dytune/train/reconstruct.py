@@ -33,19 +33,8 @@ from torch import nn
 
 from dytune._blocks import StopForward, find_blocks, record_calls, unwrap
 from dytune.dyt import DyT
+from dytune.train.losses import token_nmse
 from dytune.train.teacher import FrozenTeacher, OriginalNorms
-
-
-def token_nmse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, sink_weight: float = 1.0
-               ) -> torch.Tensor:
-    """Mean over real tokens of ||s - t||^2 / ||t||^2 (position 0 weighted by `sink_weight`)."""
-    err = (student.float() - target.float()).pow(2).sum(-1)
-    ref = target.float().pow(2).sum(-1).clamp_min(1e-6)
-    weight = mask.to(torch.float32)
-    if sink_weight != 1.0:
-        weight = weight.clone()
-        weight[:, 0] *= sink_weight
-    return (err / ref * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
 def _first(value: Any) -> torch.Tensor:
@@ -105,8 +94,10 @@ def _outer_norm(teacher: OriginalNorms | FrozenTeacher, name: str) -> nn.Module:
 
 def _outer_skip_reason(model: nn.Module, name: str) -> str | None:
     """Why the DyT `name` outside the blocks is not fitted to the original norm's output (None: it is)."""
+    from dytune.hf_registration import site_kinds
+
     spec = getattr(model.config, "dyt", None) or {}
-    kind = next((layer["kind"] for layer in spec.get("layers", []) if layer["name"] == name), "final")
+    kind = site_kinds(model.config).get(name, "final")
     if kind != "final":  # an embedding norm sits before the first block, not on the last hidden state
         return f"a {kind} norm, before the first block; end-to-end training tunes it"
     if spec.get("refit") == "linear":  # its DyT feeds an LM head refitted to it: the norm's output is no target

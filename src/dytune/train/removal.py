@@ -149,13 +149,14 @@ class NormGates:
         another process), from the `original` model with the same module names (the distillation teacher,
         whose modules the gates then share: they are frozen)."""
         from dytune.conversion.init.refit import linear_weight_in_out, trace_consumers
+        from dytune.hf_registration import site_kinds
 
         student_names = {module: name for name, module in student.named_modules()}
         sites = {name: student.get_submodule(name) for name in names}
         vocab = student.get_input_embeddings().weight.shape[0]
         traced = trace_consumers(student, sites, lambda: student(input_ids=torch.arange(8).remainder(vocab)[None]))
         head = student.get_output_embeddings()
-        kinds = {layer["name"]: layer["kind"] for layer in student.config.dyt["layers"]}
+        kinds = site_kinds(student.config)
 
         def theirs(module: nn.Module) -> nn.Module:
             name = student_names[module]
