@@ -348,8 +348,8 @@ def calibrate_sites(
         teacher_hiddens = next_teacher_hiddens
         del teacher
     if after:  # the final norm: on the fully converted stack, against the original stack's final hidden state
-        inputs = record_norm_inputs(model, after, batches, max_tokens=max_tokens, progress=False)
         last_student, last_teacher = real(hiddens), real(teacher_hiddens)
+        inputs = _final_norm_inputs(model, after, batches, hiddens, masks, max_tokens)
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         for site in after:
             x = inputs[site.name]
@@ -499,6 +499,23 @@ def _first_rows(batches: list[dict]) -> torch.Tensor:
 def _sink_weights(batches: list[dict], sink_weight: float) -> torch.Tensor:
     """Row weights in `_real_tokens` order: `sink_weight` for each sequence's first real token, else 1."""
     return torch.where(_first_rows(batches), float(sink_weight), 1.0).float()
+
+
+def _final_norm_inputs(model: torch.nn.Module, sites: Sequence[NormSite], batches: list[dict],
+                       last_hiddens: list[torch.Tensor], masks: list, max_tokens: int) -> dict[str, torch.Tensor]:
+    """Each norm after the blocks' input on every batch. A norm that reads the last block's output (checked on the
+    first batch) takes it from `last_hiddens`, which the block-by-block pass already computed: a whole forward of
+    the model spared (about a tenth of the conversion)."""
+    probe = record_norm_inputs(model, sites, batches[:1], max_tokens=max_tokens, progress=False)
+    last_first = _real_tokens(last_hiddens[:1], masks[:1], max_tokens)
+    reads_last = [s for s in sites if probe[s.name].shape == last_first.shape
+                  and torch.allclose(probe[s.name], last_first, atol=1e-5)]
+    others = [s for s in sites if s not in reads_last]
+    inputs = record_norm_inputs(model, others, batches, max_tokens=max_tokens, progress=False) if others else {}
+    if reads_last:
+        last = _real_tokens(last_hiddens, masks, max_tokens)
+        inputs.update({s.name: last for s in reads_last})
+    return inputs
 
 
 def _real_tokens(recorded: list[torch.Tensor], masks: list, max_tokens: int) -> torch.Tensor:
