@@ -182,3 +182,40 @@ def test_relative_alpha_learning_rates() -> None:
     assert len(alpha_groups) == 5 and all(len(g["params"]) == 1 for g in alpha_groups)
     lrs = {float(g["params"][0].mean()): g["lr"] for g in alpha_groups}
     assert lrs[8.0] == pytest.approx(16e-3) and lrs[0.5] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("arch,tied,before", [
+    ("llama", False, {"model.embed_tokens.weight"}),
+    ("llama", True, {"model.embed_tokens.weight"}),  # the tied LM head is that tensor: frozen with it
+    ("gpt2", False, {"transformer.wte.weight", "transformer.wpe.weight"}),  # position embeddings run first too
+])
+def test_frozen_depth_freezes_the_first_blocks_and_what_runs_before_them(arch, tied, before) -> None:
+    from dytune.train.trainable import freeze_early_layers
+
+    model = tiny_model(arch, num_hidden_layers=4, tie_word_embeddings=tied) if arch == "llama" else \
+        tiny_model(arch, n_layer=4)
+    dytune.convert(model, alpha_init="constant:0.5", progress=False)
+    blocks = "model.layers" if arch == "llama" else "transformer.h"
+    frozen = set(freeze_early_layers(model, 0.5))  # floor(0.5 x 4) = blocks 0 and 1
+    in_blocks = {n for n in frozen if n.startswith(blocks + ".")}
+    assert {n.split(".")[2] for n in in_blocks} == {"0", "1"}
+    assert frozen - in_blocks == before
+    model.train()
+    batch = _batch()
+    causal_ce_sum(model(input_ids=batch["input_ids"]).logits, batch["labels"])[0].backward()
+    for name, param in model.named_parameters():
+        assert (param.grad is None) == (name in frozen), name  # every other tensor still gets its gradient
+    assert freeze_early_layers(tiny_model(arch), 0.4) == []  # floor(0.4 x 2) = 0 blocks: nothing frozen
+
+
+def test_frozen_depth_run_keeps_the_early_layers_bit_identical(quick, tiny_dir, tmp_path) -> None:
+    from dytune.train import train
+
+    train(quick(mode="full", frozen_depth=0.5, output_dir=str(tmp_path / "f")))
+    final, original = dytune.load(str(tmp_path / "f" / "final")), dytune.load(str(tiny_dir))
+    for name, param in original.named_parameters():
+        moved = not torch.equal(final.get_parameter(name), param)
+        if name.startswith(("model.layers.0.", "model.embed_tokens.")):
+            assert not moved, name
+        elif name.startswith("model.layers.1.") and name.endswith("proj.weight"):
+            assert moved, name

@@ -133,6 +133,8 @@ def test_lr_multiplier_groups() -> None:
     assert rates["alpha*0.1"][:2] == (pytest.approx(1e-3), 0.0)  # layer 0's two alphas: 10x, then 0.1x
     assert rates["alpha*0.1"][2] == 2 and rates["alpha"][2] == 3  # final norm + layer 1's two
     assert not any(".mlp." in n for members in by_group.values() for n in members if "layers.1." in n)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(".mlp." in n for n in frozen)  # multiplier 0: no gradient is computed for them
     assert all(n.startswith("model.layers.0.") for n in by_group["decay*0.1"])
     with pytest.raises(DytuneError, match=r"'model.blocks.\*' match no trainable parameter"):
         param_groups(model, 1e-3, 0.0, lr_multipliers={"model.blocks.*": 0.5})
@@ -145,6 +147,19 @@ def test_lr_multipliers_bad_values(value: str, message: str) -> None:
 
     with pytest.raises(DytuneError, match=message):
         TrainConfig(output_dir="unused", lr_multipliers=value)
+
+
+def test_lr_decay_fraction_places_the_decay_at_the_end_of_the_run(quick, tmp_path) -> None:
+    """warmup_stable_decay with lr_decay_fraction 0.5 over 8 steps: 2 warmup steps, stable, the last 4 decaying to 0."""
+    from dytune.train.callbacks import read_metrics
+
+    train(quick(mode="full", max_steps=8, learning_rate=1e-3, warmup_steps=2, lr_scheduler_type="warmup_stable_decay",
+                lr_decay_fraction=0.5, lr_scheduler_kwargs={"decay_type": "linear"}, eval_strategy="no",
+                save_strategy="no", output_dir=str(tmp_path / "wsd")))
+    rates = [r["learning_rate"] for r in read_metrics(tmp_path / "wsd" / "metrics.jsonl") if "learning_rate" in r]
+    assert rates == pytest.approx([0.0, 5e-4, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4], abs=1e-9)
+    saved = yaml.safe_load((tmp_path / "wsd" / "config.yaml").read_text())
+    assert saved["lr_scheduler_kwargs"] == {"decay_type": "linear"}  # the run's file says what the user said
 
 
 def test_nan_stops_with_a_clear_message(quick, tiny_dir, tmp_path) -> None:
@@ -200,6 +215,12 @@ def test_cli_yaml_and_flags(tmp_path, tiny_dir, chat_data, capsys) -> None:
     ({"max_length": 64, "data": {"source": "x", "max_length": 32}}, "disagree"),
     ({"refit_ridge_to": "one"}, "refit_ridge_to must be one of zero, original"),
     ({"refit_ridge": -1.0}, "refit_ridge must be >= 0"),
+    ({"lr_decay_fraction": 1.0}, r"lr_decay_fraction must be in \[0, 1\)"),
+    ({"lr_decay_fraction": 0.3}, "not of linear"),
+    ({"lr_decay_fraction": 0.3, "lr_scheduler_type": "warmup_stable_decay",
+      "lr_scheduler_kwargs": {"num_decay_steps": 5}}, "set one"),
+    ({"lr_decay_fraction": 0.3, "lr_scheduler_type": "warmup_stable_decay", "max_train_tokens": 1000},
+     "token budget"),
 ])
 def test_bad_configs_fail_clearly(bad: dict, message: str) -> None:
     from dytune.train import TrainConfig

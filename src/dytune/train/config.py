@@ -71,6 +71,9 @@ class TrainConfig(TrainingArguments, ConvertConfig):
     lr_multipliers: str | None = field(default=None, metadata={
         "help": "learning-rate multipliers by parameter name: 'GLOB=MULT,GLOB=MULT' (or a YAML mapping), e.g. "
                 "'model.layers.[0-7].*=0.1'; the first matching glob wins, on top of the group's rate; 0 freezes"})
+    frozen_depth: float = field(default=0.0, metadata={
+        "help": "freeze the first floor(share x blocks) blocks and everything before them (embeddings, and a tied "
+                "LM head with them): backward stops at the first block that trains; 0 = none"})
     affine_lr_multiplier: float = field(default=1.0, metadata={
         "help": "learning-rate multiplier for DyT gamma/beta (and norm weights in the LayerNorm twin)"})
     # -- distillation from the original model ---------------------------------------------------------------
@@ -130,6 +133,9 @@ class TrainConfig(TrainingArguments, ConvertConfig):
     max_train_tokens: int = field(default=0, metadata={
         "help": "stop once this many training tokens (non-padding) have been seen, at the end of that step; 0 = no "
                 "limit (max_steps / num_train_epochs decide)"})
+    lr_decay_fraction: float = field(default=0.0, metadata={
+        "help": "lr_scheduler_type warmup_stable_decay: the share of the run's steps its final decay takes (sets "
+                "num_decay_steps from the step count); 0 = num_decay_steps from lr_scheduler_kwargs"})
     resume: bool = field(default=False, metadata={
         "help": "continue from the latest checkpoint in output_dir (starts fresh if there is none)"})
     overwrite: bool = field(default=False, metadata={"help": "delete an existing output_dir first"})
@@ -188,6 +194,9 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         self.lr_multipliers = parse_lr_multipliers(self.lr_multipliers)
         if self.max_train_tokens < 0:
             raise DytuneError(f"max_train_tokens must be >= 0 (0: no limit), got {self.max_train_tokens}")
+        self._check_decay_fraction()
+        if not 0.0 <= self.frozen_depth < 1.0:
+            raise DytuneError(f"frozen_depth is a share of the blocks in [0, 1), got {self.frozen_depth}")
         if self.lora_r <= 0:
             raise DytuneError(f"lora_r must be positive, got {self.lora_r}")
         if isinstance(self.lora_target_modules, str):
@@ -214,6 +223,21 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         if launched > 1 and self.world_size != launched:
             raise DytuneError(f"launched as {launched} processes but training would run with world size "
                               f"{self.world_size}: each process would train alone and overwrite the others' files")
+
+    def _check_decay_fraction(self) -> None:
+        if not 0.0 <= self.lr_decay_fraction < 1.0:
+            raise DytuneError(f"lr_decay_fraction must be in [0, 1), got {self.lr_decay_fraction}")
+        if not self.lr_decay_fraction:
+            return
+        scheduler = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        if scheduler != "warmup_stable_decay":
+            raise DytuneError(f"lr_decay_fraction sets the decay of lr_scheduler_type warmup_stable_decay, not of "
+                              f"{scheduler}: set lr_decay_fraction: 0 or that scheduler")
+        if "num_decay_steps" in (self.lr_scheduler_kwargs or {}):
+            raise DytuneError("lr_decay_fraction and lr_scheduler_kwargs' num_decay_steps both set the decay: set one")
+        if self.max_train_tokens:
+            raise DytuneError("lr_decay_fraction places the decay at the end of the planned steps, which a token "
+                              "budget (max_train_tokens) may stop before: set max_steps instead, or lr_decay_fraction: 0")
 
     @classmethod
     def from_recipe(cls, recipe: str | None = None, **values: Any) -> TrainConfig:

@@ -242,6 +242,13 @@ class TrainRecipe:
                             lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_target_modules,
                             extra_trainable=self.new_embeddings)
         self.norm_names = result.norm_names
+        if cfg.frozen_depth:
+            if self.new_embeddings:
+                raise DytuneError("frozen_depth freezes the input embeddings, but the chat template added tokens "
+                                  "whose embeddings must train: use a tokenizer that has them, or frozen_depth: 0")
+            from dytune.train.trainable import freeze_early_layers
+
+            freeze_early_layers(result.model, cfg.frozen_depth)
         self.trainable: dict[str, int] = {}
         named = dict(result.model.named_parameters())
         for name, group in classify_parameters(result.model).items():
@@ -250,7 +257,9 @@ class TrainRecipe:
         if cfg.norm == "dyt":
             from dytune._blocks import unwrap
 
-            kinds = {layer["name"]: layer["kind"] for layer in unwrap(result.model).config.dyt["layers"]}
+            from dytune.hf_registration import site_kinds
+
+            kinds = site_kinds(unwrap(result.model).config)
             removal = cfg.removal_schedule(result.norm_names, [kinds[n] for n in result.norm_names])
             if removal.active and cfg.max_steps > 0 and removal.total_steps > cfg.max_steps:
                 raise DytuneError(f"the removal schedule needs {removal.total_steps} steps "

@@ -14,6 +14,7 @@ the sensitive one); other tensors follow nanoGPT's rule (decay iff `dim() >= 2`)
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 
 import torch
@@ -148,6 +149,41 @@ def classify_parameters(model: nn.Module) -> dict[str, str]:
     return groups
 
 
+def freeze_early_layers(model: nn.Module, share: float) -> list[str]:
+    """Freeze the first `floor(share x blocks)` blocks and every parameter the model uses before its first block
+    (token and position embeddings, an embedding norm; a tied LM head is the input embedding, so it is frozen
+    too): backward then stops at the first block that trains. Returns the names of the tensors frozen here."""
+    from dytune._blocks import StopForward, find_blocks, record_calls, unwrap
+
+    base = unwrap(model)
+    _, blocks = find_blocks(base)
+    n = math.floor(share * len(blocks) + 1e-9)
+    if n == 0:
+        return []
+    frozen = {id(p) for block in blocks[:n] for p in block.parameters()}
+    ran_before: list[nn.Module] = []  # modules with their own parameters that run before block 0
+    owners = [m for m in base.modules() if next(m.parameters(recurse=False), None) is not None]
+    handles = [m.register_forward_pre_hook(lambda mod, args: ran_before.append(mod)) for m in owners]
+    vocab = base.get_input_embeddings().weight.shape[0]
+    device = next(base.parameters()).device
+    try:
+        with torch.no_grad(), record_calls([blocks[0]], outputs=False, stop=True):
+            try:
+                base(input_ids=torch.arange(4, device=device).remainder(vocab)[None], use_cache=False)
+            except StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    frozen |= {id(p) for m in ran_before for p in m.parameters(recurse=False)}
+    names = []
+    for name, param in model.named_parameters():
+        if id(param) in frozen and param.requires_grad:
+            param.requires_grad_(False)
+            names.append(name)
+    return names
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_multiplier: float = 1.0,
                  affine_lr_multiplier: float = 1.0, alpha_lr_relative: bool = False,
                  lr_multipliers: dict[str, float] | None = None) -> list[dict]:
@@ -157,8 +193,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_mult
     |value|, so that an Adam step changes every alpha by about the same *fraction* (calibrated alphas of one
     model span 0.02 to 12: one absolute rate is too large for some layers and too small for others).
     `lr_multipliers`: {glob over parameter names: multiplier}, the first match wins, applied on top of the
-    group's rate; a group is split by multiplier (named `decay*0.1`, ...). Multiplier 0 leaves the tensor out
-    of the optimizer, so it stays bit-identical. A glob that matches no trainable parameter is an error."""
+    group's rate; a group is split by multiplier (named `decay*0.1`, ...). Multiplier 0 freezes the tensor (out
+    of the optimizer, `requires_grad` off), so it stays bit-identical and costs no gradient. A glob that matches
+    no trainable parameter is an error."""
     settings = {
         "decay": (lr, weight_decay),
         "no_decay": (lr, 0.0),
@@ -172,6 +209,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_mult
     for name, group in classes.items():
         if multiplier[name] > 0:
             members.setdefault((group, multiplier[name]), []).append(params[name])
+        else:  # frozen for real: autograd skips its gradient (and backward stops where nothing earlier trains)
+            params[name].requires_grad_(False)
     groups = []
     for (group, mult), tensors in sorted(members.items(), key=lambda kv: (list(settings).index(kv[0][0]), -kv[0][1])):
         rate, decay = settings[group]

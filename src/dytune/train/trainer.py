@@ -81,6 +81,17 @@ class DytuneTrainer(Trainer):
             self.optimizer = cls(groups, **kwargs)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):  # noqa: ANN201
+        fraction = getattr(self.dy, "lr_decay_fraction", 0.0)
+        if not fraction or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        given = self.args.lr_scheduler_kwargs  # HF's warmup_stable_decay takes its decay in steps only
+        self.args.lr_scheduler_kwargs = {**(given or {}), "num_decay_steps": max(1, round(fraction * num_training_steps))}
+        try:
+            return super().create_scheduler(num_training_steps, optimizer)
+        finally:
+            self.args.lr_scheduler_kwargs = given
+
     # -- loss ------------------------------------------------------------------------------------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):  # noqa: ANN201
