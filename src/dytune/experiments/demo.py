@@ -45,13 +45,13 @@ class RecoveryFailed(DytuneError):
 class DemoSettings:
     """Sizes of the demo. `full()` fits 15 minutes on 2 idle CPU cores, `fast()` a CI job."""
 
-    conversations: int = 960  # read from the ShareGPT file (the first usable ones, in file order)
-    val_fraction: float = 0.05  # held out, whole conversations (about 48)
+    conversations: int = 800  # read from the ShareGPT file (the first usable ones, in file order)
+    val_fraction: float = 0.06  # held out, whole conversations (48: the same draw since the fourth session)
     max_length: int = 192  # tokens per conversation (training and evaluation)
     calibration_texts: int = 96
     calibration_tokens: int = 16384
     recipe: str = "recover"  # the training recipe (dytune/recipes), conversion included; the sizes here on top
-    steps: int = 220  # ~1 epoch of the training conversations at batch 4
+    steps: int = 188  # 1 epoch of the 752 training conversations at batch 4
     batch_size: int = 4
     reconstruct_tokens: int = 6144  # if the recipe reconstructs blocks: tokens cached for it
     overrides: dict = field(default_factory=dict)  # any TrainConfig key on top of the recipe (experiments, tests)
