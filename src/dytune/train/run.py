@@ -256,7 +256,6 @@ class TrainRecipe:
         removal = None
         if cfg.norm == "dyt":
             from dytune._blocks import unwrap
-
             from dytune.hf_registration import site_kinds
 
             kinds = site_kinds(unwrap(result.model).config)
