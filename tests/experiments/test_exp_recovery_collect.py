@@ -117,3 +117,23 @@ def test_finish_gaps_against_the_twin_at_the_same_step(recovery, tmp_path):
     assert saved["arms"]["d"]["final"] == {"tokens": 400, "ce": 3.0, "gap": 1.0, "gap_vs_twin": pytest.approx(1.1)}
     assert saved["arms"]["d"]["start"] == {"tokens": 0, "ce": 5.0, "gap": 3.0}
     assert saved["arms"]["d-twin"]["final"]["gap_vs_twin"] is None
+
+
+def test_an_arm_with_max_steps_runs_by_steps_not_by_a_token_budget(recovery, tmp_path):
+    """A decay placed by the step count (`lr_decay_fraction`) needs `max_steps`: such an arm gets no token budget,
+    and its values make a valid TrainConfig (which refuses a token budget with that decay)."""
+    from dytune.train import TrainConfig
+
+    data = {"paths": {"alpaca_train": "a.json", "sharegpt": "s.json", "heldout": "h.json"}}
+    settings = {"model": "m", "work": str(tmp_path), "max_length": 512, "batch": 4, "grad_accum": 1,
+                "eval_every": 25, "threads": 1, "tokens": 2_000_000, "local_steps": 0, "local_lr": 1e-3,
+                "save_every": 40, "resume": False}
+    arm = {"norm": "dyt", "source": "ours-linear", "mode": "full", "learning_rate": 8e-5, "twin": "t",
+           "lr_scheduler_type": "warmup_stable_decay", "lr_decay_fraction": 0.3, "max_steps": 1740}
+    values = recovery.arm_config("wsd", arm, {"report_to": "none"}, data, {"ours-linear": "dyt-dir"}, settings)
+    assert values["max_steps"] == 1740 and values["max_train_tokens"] == 0
+    assert TrainConfig(**values).max_steps == 1740
+    budget = recovery.arm_config("plain", {k: v for k, v in arm.items() if k not in ("max_steps", "lr_decay_fraction",
+                                                                                       "lr_scheduler_type")},
+                                 {}, data, {"ours-linear": "dyt-dir"}, settings)
+    assert budget["max_train_tokens"] == 2_000_000 and budget["max_steps"] == 10**6

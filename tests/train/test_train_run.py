@@ -110,6 +110,9 @@ def test_lr_multipliers_freeze_and_scale_by_parameter_name(quick, tiny_dir, tmp_
                           output_dir=str(tmp_path / "m")))
     assert summary["global_step"] == 4
     final = dytune.load(str(tmp_path / "m" / "final"))
+    # frozen before the summary counts what trains: layer 0 is not in it
+    assert sum(summary["trainable_parameters"].values()) == sum(
+        p.numel() for n, p in final.named_parameters() if not n.startswith("model.layers.0."))
     original = dytune.load(str(tiny_dir))
     for name, param in original.named_parameters():
         moved = not torch.equal(final.get_parameter(name), param)
@@ -381,3 +384,4 @@ def test_best_checkpoint_is_found_after_the_atomic_rename(quick, tmp_path, caplo
     state = json.loads(sorted((tmp_path / "best").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     assert state["best_model_checkpoint"] == str(tmp_path / "best" / f"checkpoint-{state['best_global_step']}")
     assert "Could not locate the best model" not in caplog.text
+

@@ -195,6 +195,43 @@ def _answers(model_path: str, label: str, out: Path, settings: DemoSettings, que
     return path
 
 
+def recovery_config(settings: DemoSettings, out: Path) -> Any:
+    """The demo's recovery run: its recipe (conversion keys included) with the demo's sizes, data split and
+    output directories, as one `TrainConfig`. The conversion runs before training (`convert_and_save`), so the
+    model before recovery is saved and answers too; training starts from that saved model."""
+    from dytune.train import TrainConfig
+    from dytune.train.recipes import with_recipe
+
+    train_file, held_file = data_files(settings, out)
+    return TrainConfig(**with_recipe({
+        "recipe": settings.recipe, "model": str(out / "converted"), "teacher": settings.model, "norm": "dyt",
+        "calibration_max_length": settings.max_length, "calibration_max_tokens": settings.calibration_tokens,
+        "reconstruct_tokens": settings.reconstruct_tokens,
+        "data": {"source": str(train_file), "val_source": str(held_file), "max_length": settings.max_length,
+                 "cache_dir": str(out / "data" / "cache"), "seed": settings.seed},
+        "output_dir": str(out / "recovery"), "overwrite": True, "max_steps": settings.steps,
+        "per_device_train_batch_size": settings.batch_size, "per_device_eval_batch_size": 8,
+        "logging_steps": max(1, settings.steps // 40), "eval_strategy": "steps", "eval_steps": settings.eval_every,
+        "save_strategy": "no", "report_to": "none", "seed": settings.seed, "threads": settings.threads,
+        "disable_tqdm": False, **settings.overrides}))
+
+
+def convert_and_save(settings: DemoSettings, config: Any, model: Any, tokenizer: Any, train: Any) -> tuple[Any, Path]:
+    """Convert `model` in place with the recipe's conversion, calibrated on the first training conversations,
+    and save it where `config.model` points; returns (conversion report, saved directory)."""
+    from dytune.conversion import convert
+    from dytune.conversion.calibration_data import render_chat
+    from dytune.saving import save
+
+    first = train.select(range(min(settings.calibration_texts, len(train))))["messages"]
+    texts = [render_chat(messages, tokenizer) for messages in first]
+    report = convert(model, config.convert_config(), tokenizer=tokenizer, calibration=texts,
+                     source=settings.model).report
+    saved = save(model, config.model, tokenizer, overwrite=True,
+                 extra_files={"conversion_report.json": report.to_dict()})
+    return report, saved
+
+
 def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo") -> DemoResult:
     """Run the demo; raises `RecoveryFailed` (after writing the report) if recovery brought no gain."""
     import torch
@@ -249,32 +286,10 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
 
     # 3. convert -----------------------------------------------------------------------------------------------
     bar.set_postfix_str("convert to DyT")
-    from dytune.conversion import convert
-    from dytune.conversion.calibration_data import render_chat
-    from dytune.saving import save
-    from dytune.train import TrainConfig, train as train_run
-    from dytune.train.recipes import with_recipe
+    from dytune.train import train as train_run
 
-    # the recipe with the demo's sizes: one TrainConfig resolves it (the conversion keys included); the conversion
-    # runs here, before training, so that the model before recovery is saved and answers too
-    run_dir = out / "recovery"
-    train_file, held_file = data_files(settings, out)
-    config = TrainConfig(**with_recipe({
-        "recipe": settings.recipe, "model": str(out / "converted"), "teacher": settings.model, "norm": "dyt",
-        "calibration_max_length": settings.max_length, "calibration_max_tokens": settings.calibration_tokens,
-        "reconstruct_tokens": settings.reconstruct_tokens,
-        "data": {"source": str(train_file), "val_source": str(held_file), "max_length": settings.max_length,
-                 "cache_dir": str(out / "data" / "cache"), "seed": settings.seed},
-        "output_dir": str(run_dir), "overwrite": True, "max_steps": settings.steps,
-        "per_device_train_batch_size": settings.batch_size, "per_device_eval_batch_size": 8,
-        "logging_steps": max(1, settings.steps // 40), "eval_strategy": "steps", "eval_steps": settings.eval_every,
-        "save_strategy": "no", "report_to": "none", "seed": settings.seed, "threads": settings.threads,
-        "disable_tqdm": False, **settings.overrides}))
-    texts = [render_chat(m, tokenizer) for m in train.select(range(min(settings.calibration_texts, len(train))))["messages"]]
-    report = convert(model, config.convert_config(), tokenizer=tokenizer, calibration=texts,
-                     source=settings.model).report
-    converted_dir = save(model, config.model, tokenizer, overwrite=True,
-                         extra_files={"conversion_report.json": report.to_dict()})
+    config = recovery_config(settings, out)
+    report, converted_dir = convert_and_save(settings, config, model, tokenizer, train)
     ce_before, _ = held_out_ce(model, held_tok, pad, "held-out CE, DyT before recovery")
     _say(f"converted {len(report.converted)} norms to DyT: held-out CE {ce_before:.4f} "
          f"({ce_before - ce_original:+.4f} vs original)")
@@ -312,7 +327,8 @@ def run_demo(settings: DemoSettings | None = None, out: str | Path = "runs/demo"
     from dytune.experiments.demo_report import write_demo_report
 
     result.seconds = seconds
-    result.report = write_demo_report(result, settings, run_dir, answer_files, report, config.resolved())
+    result.report = write_demo_report(result, settings, Path(config.output_dir), answer_files, report,
+                                      config.resolved())
     done("report")
     bar.close()
     result.seconds["total"] = round(sum(v for k, v in seconds.items() if k != "total"), 1)

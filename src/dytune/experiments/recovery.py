@@ -138,6 +138,7 @@ def arm_config(name: str, arm: dict, base: dict, data: dict, models: dict[str, s
     alpaca = data["paths"]["alpaca_train"] + (f":{spec.pop('alpaca_weight')}" if "alpaca_weight" in spec else "")
     local = spec.pop("local", False) and settings["local_steps"] > 0
     source = spec.pop("source", None)
+    steps = spec.pop("max_steps", None)  # a schedule placed by the step count (lr_decay_fraction): steps, no budget
     model = models[source] if spec["norm"] == "dyt" and source else settings["model"]  # no source: converted here
     calibration_records = spec.pop("calibrate_on_training_alpaca", None)
     if calibration_records:
@@ -145,8 +146,8 @@ def arm_config(name: str, arm: dict, base: dict, data: dict, models: dict[str, s
     work = Path(settings["work"])
     values = dict(base, **spec)
     values.update(
-        model=model, output_dir=str(work / name), overwrite=True, max_steps=10**6,
-        max_train_tokens=settings["tokens"],
+        model=model, output_dir=str(work / name), overwrite=True, max_steps=steps or 10**6,
+        max_train_tokens=0 if steps else settings["tokens"],
         data={"source": [data["paths"]["sharegpt"], alpaca],
               "val_source": data["paths"]["heldout"], "max_length": settings["max_length"], "seed": 0},
         per_device_train_batch_size=settings["batch"], gradient_accumulation_steps=settings["grad_accum"],

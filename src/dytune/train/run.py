@@ -222,7 +222,8 @@ class TrainRecipe:
         from dytune.train.callbacks import MetricsJsonl, TokenBudget
         from dytune.train.outputs import set_generation_eos
         from dytune.train.teacher import FrozenTeacher
-        from dytune.train.trainable import apply_mode, classify_parameters
+        from dytune.train.trainable import (apply_mode, classify_parameters, freeze_early_layers,
+                                            freeze_zero_multipliers)
         from dytune.train.trainer import DytuneTrainer
 
         cfg, model, run = self.cfg, self.model, self.run_dir
@@ -246,9 +247,8 @@ class TrainRecipe:
             if self.new_embeddings:
                 raise DytuneError("frozen_depth freezes the input embeddings, but the chat template added tokens "
                                   "whose embeddings must train: use a tokenizer that has them, or frozen_depth: 0")
-            from dytune.train.trainable import freeze_early_layers
-
             freeze_early_layers(result.model, cfg.frozen_depth)
+        freeze_zero_multipliers(result.model, cfg.lr_multipliers)  # before the count: frozen is not trainable
         self.trainable: dict[str, int] = {}
         named = dict(result.model.named_parameters())
         for name, group in classify_parameters(result.model).items():

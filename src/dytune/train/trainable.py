@@ -193,24 +193,23 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_mult
     |value|, so that an Adam step changes every alpha by about the same *fraction* (calibrated alphas of one
     model span 0.02 to 12: one absolute rate is too large for some layers and too small for others).
     `lr_multipliers`: {glob over parameter names: multiplier}, the first match wins, applied on top of the
-    group's rate; a group is split by multiplier (named `decay*0.1`, ...). Multiplier 0 freezes the tensor (out
-    of the optimizer, `requires_grad` off), so it stays bit-identical and costs no gradient. A glob that matches
-    no trainable parameter is an error."""
+    group's rate; a group is split by multiplier (named `decay*0.1`, ...). Multiplier 0 freezes the tensor
+    (`freeze_zero_multipliers`: out of the optimizer, `requires_grad` off), so it stays bit-identical and costs no
+    gradient. A glob with a nonzero multiplier that matches no trainable parameter is an error."""
     settings = {
         "decay": (lr, weight_decay),
         "no_decay": (lr, 0.0),
         "alpha": (lr * alpha_lr_multiplier, 0.0),
         "affine": (lr * affine_lr_multiplier, 0.0),
     }
+    globs = lr_multipliers or {}
+    freeze_zero_multipliers(model, globs, check=False)  # the run froze them already; direct callers too
     classes = classify_parameters(model)
-    multiplier = _match_multipliers(list(classes), lr_multipliers or {})
+    multiplier = _match_multipliers(list(classes), {g: m for g, m in globs.items() if m > 0})
     members: dict[tuple[str, float], list[torch.nn.Parameter]] = {}
     params = dict(model.named_parameters())
     for name, group in classes.items():
-        if multiplier[name] > 0:
-            members.setdefault((group, multiplier[name]), []).append(params[name])
-        else:  # frozen for real: autograd skips its gradient (and backward stops where nothing earlier trains)
-            params[name].requires_grad_(False)
+        members.setdefault((group, multiplier[name]), []).append(params[name])
     groups = []
     for (group, mult), tensors in sorted(members.items(), key=lambda kv: (list(settings).index(kv[0][0]), -kv[0][1])):
         rate, decay = settings[group]
@@ -225,7 +224,22 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, alpha_lr_mult
     return groups
 
 
-def _match_multipliers(names: list[str], globs: dict[str, float]) -> dict[str, float]:
+def freeze_zero_multipliers(model: nn.Module, lr_multipliers: dict[str, float] | None, *,
+                            check: bool = True) -> list[str]:
+    """Turn `requires_grad` off for every trainable tensor whose first matching `lr_multipliers` glob is 0:
+    autograd then skips its gradient (and backward stops where nothing earlier trains). With `check`, a glob that
+    matches no trainable parameter is an error. Returns the names frozen here."""
+    if not any(m == 0 for m in (lr_multipliers or {}).values()):
+        return []
+    params = dict(model.named_parameters())
+    multiplier = _match_multipliers(list(classify_parameters(model)), lr_multipliers, check=check)
+    names = [name for name, mult in multiplier.items() if mult == 0]
+    for name in names:
+        params[name].requires_grad_(False)
+    return names
+
+
+def _match_multipliers(names: list[str], globs: dict[str, float], check: bool = True) -> dict[str, float]:
     """Each parameter name's multiplier: the first glob that matches it, else 1 (PEFT/DDP prefixes tolerated)."""
     out, used = {}, set()
     for name in names:
@@ -236,7 +250,7 @@ def _match_multipliers(names: list[str], globs: dict[str, float]) -> dict[str, f
                 used.add(glob)
                 break
     unused = [g for g in globs if g not in used]
-    if unused:
+    if unused and check:
         example = names[0] if names else "(none)"
         raise DytuneError(f"lr_multipliers: {', '.join(map(repr, unused))} match no trainable parameter "
                           f"(names look like {example!r})")

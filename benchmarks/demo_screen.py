@@ -1,0 +1,139 @@
+"""The demo's recovery step, screened: variants of its training on its own split and converted model.
+
+    python benchmarks/demo_screen.py prepare                     # the demo's data, conversion and recovery config
+    python benchmarks/demo_screen.py run lr-1.6e-4 --threads 1   # one variant (start several, one thread each)
+    python benchmarks/demo_screen.py collect                     # -> results/demo_recovery_screen.json + .png
+
+`prepare` runs the demo's first steps (`dytune demo`'s data split, conversion and recovery config, from
+`DemoSettings`) into --work. Each variant of `configs/benchmarks/demo_screen.yaml` is that config plus its keys,
+trained with `dytune train` into --work/NAME; its validation set is the demo's 48 held-out conversations, so its
+eval loss is the demo's "after recovery" number. `collect` reads every variant's metrics.jsonl into the JSON (one
+curve of held-out CE against training tokens per variant; variants of the file with no run here are kept) and
+plots it, every evaluation a point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+VARIANTS = ROOT / "configs" / "benchmarks" / "demo_screen.yaml"
+
+
+def prepare(work: Path) -> None:
+    from dytune.experiments.demo import DemoSettings, convert_and_save, held_out_ce, prepare_data, recovery_config
+    from dytune.data import tokenize_conversations
+    from dytune.models import load_model, load_tokenizer
+
+    settings = DemoSettings()
+    train, held, counts = prepare_data(settings, work)
+    tokenizer, model = load_tokenizer(settings.model), load_model(settings.model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    held_tok = tokenize_conversations(held, tokenizer, max_length=settings.max_length, train_on="assistant",
+                                      cache_dir=False)
+    original, _ = held_out_ce(model, held_tok, pad, "held-out CE, original")
+    config = recovery_config(settings, work)
+    convert_and_save(settings, config, model, tokenizer, train)
+    before, _ = held_out_ce(model, held_tok, pad, "held-out CE, DyT before recovery")
+    (work / "recovery.yaml").write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
+    (work / "start.json").write_text(json.dumps({"original_ce": original, "before_ce": before, **counts}) + "\n")
+    print(f"original {original:.4f}, DyT before recovery {before:.4f}; config {work / 'recovery.yaml'}")
+
+
+def run(work: Path, names: list[str], screen: dict, threads: int | None) -> None:
+    from dytune.train import TrainConfig, train
+
+    base = {**yaml.safe_load((work / "recovery.yaml").read_text()), **screen.get("shared", {})}
+    for name in names:
+        values = {**base, **screen["variants"][name]["keys"], "output_dir": str(work / name), "overwrite": True,
+                  "threads": threads, "disable_tqdm": True}
+        train(TrainConfig(**values))
+
+
+def curve(run_dir: Path) -> list[dict]:
+    """(step, training tokens, held-out CE) at every evaluation of a run."""
+    from dytune.train.callbacks import read_metrics
+
+    points = {}  # by step: the end-of-training evaluation can repeat the last one
+    for row in read_metrics(run_dir / "metrics.jsonl"):
+        if "eval_loss" in row:
+            points[row["step"]] = {"step": row["step"], "tokens": row.get("num_input_tokens_seen", 0),
+                                   "eval_loss": round(row["eval_loss"], 4)}
+    return sorted(points.values(), key=lambda p: p["step"])
+
+
+def collect(work: Path, variants: dict, out: Path) -> dict:
+    result = json.loads(out.read_text()) if out.is_file() else {"variants": {}}
+    start = json.loads((work / "start.json").read_text()) if (work / "start.json").is_file() else {}
+    base = work / "recovery.yaml"
+    for name, variant in variants.items():
+        if (work / name / "metrics.jsonl").is_file():
+            result["variants"][name] = {"description": variant["description"], "keys": variant["keys"],
+                                        "base": "recover (the demo's recipe now)", "curve": curve(work / name)}
+    if base.is_file():
+        result["base_config_now"] = yaml.safe_load(base.read_text())
+    if start:
+        result["start_now"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in start.items()}
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    original = result.get("original_ce", 1.916)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name, variant in result["variants"].items():
+        points = [p for p in variant["curve"] if p["tokens"]]
+        now = variant.get("base", "").startswith("recover (the demo")
+        ax.plot([p["tokens"] for p in points], [p["eval_loss"] for p in points], marker="o", ms=3,
+                linestyle="-" if now else ":", label=name if now else f"{name} (recipe before)")
+    ax.axhline(original, color="grey", linestyle=":", linewidth=0.8, label="original model")
+    ax.axhline(original + 1.0, color="grey", linestyle="--", linewidth=0.8, label="demo target: original + 1.0 nat")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("held-out ShareGPT CE, assistant tokens (nat)")
+    ax.set_title("SmolLM2-135M DyT: the demo's recovery step, screened (48 held-out conversations)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["prepare", "run", "collect"])
+    p.add_argument("names", nargs="*", help="variants to run (run)")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "demo-screen")
+    p.add_argument("--variants", type=Path, default=VARIANTS)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=RESULTS / "demo_recovery_screen.json")
+    args = p.parse_args(argv)
+    screen = yaml.safe_load(args.variants.read_text())
+    variants = screen["variants"]
+    if args.action == "prepare":
+        args.work.mkdir(parents=True, exist_ok=True)
+        prepare(args.work)
+    elif args.action == "run":
+        unknown = [n for n in args.names if n not in variants]
+        if unknown or not args.names:
+            p.error(f"name variants of {args.variants}: {', '.join(variants)} (got {unknown or 'none'})")
+        if not (args.work / "recovery.yaml").is_file():
+            p.error(f"{args.work / 'recovery.yaml'} is missing: run `python {sys.argv[0]} prepare` first")
+        run(args.work, args.names, screen, args.threads)
+    else:
+        plot(collect(args.work, variants, args.out), args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
