@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -68,14 +69,15 @@ def curve(run_dir: Path) -> list[dict]:
     return sorted(points.values(), key=lambda p: p["step"])
 
 
-def collect(work: Path, variants: dict, out: Path) -> dict:
+def collect(work: Path, screen: dict, out: Path) -> dict:
+    variants = screen["variants"]
     result = json.loads(out.read_text()) if out.is_file() else {"variants": {}}
     start = json.loads((work / "start.json").read_text()) if (work / "start.json").is_file() else {}
     base = work / "recovery.yaml"
     for name, variant in variants.items():
         if (work / name / "metrics.jsonl").is_file():
             result["variants"][name] = {"description": variant["description"], "keys": variant["keys"],
-                                        "base": "recover (the demo's recipe now)", "curve": curve(work / name)}
+                                        "base": screen["base"], "curve": curve(work / name)}
     if base.is_file():
         result["base_config_now"] = yaml.safe_load(base.read_text())
     if start:
@@ -85,25 +87,30 @@ def collect(work: Path, variants: dict, out: Path) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
+    """One panel per base recipe the variants were screened against."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     original = result.get("original_ce", 1.916)
-    fig, ax = plt.subplots(figsize=(9, 5))
+    bases: dict[str, dict] = {}
     for name, variant in result["variants"].items():
-        points = [p for p in variant["curve"] if p["tokens"]]
-        now = variant.get("base", "").startswith("recover (the demo")
-        ax.plot([p["tokens"] for p in points], [p["eval_loss"] for p in points], marker="o", ms=3,
-                linestyle="-" if now else ":", label=name if now else f"{name} (recipe before)")
-    ax.axhline(original, color="grey", linestyle=":", linewidth=0.8, label="original model")
-    ax.axhline(original + 1.0, color="grey", linestyle="--", linewidth=0.8, label="demo target: original + 1.0 nat")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("held-out ShareGPT CE, assistant tokens (nat)")
-    ax.set_title("SmolLM2-135M DyT: the demo's recovery step, screened (48 held-out conversations)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        bases.setdefault(variant.get("base", "?"), {})[name] = variant
+    fig, axes = plt.subplots(1, len(bases), figsize=(6.5 * len(bases), 5), sharey=True, squeeze=False)
+    for ax, (base, variants) in zip(axes[0], reversed(bases.items())):  # the newest base first
+        title = f"against {base}"
+        for name, variant in variants.items():
+            points = [p for p in variant["curve"] if p["tokens"]]
+            ax.plot([p["tokens"] for p in points], [p["eval_loss"] for p in points], marker="o", ms=3, label=name)
+        ax.axhline(original, color="grey", linestyle=":", linewidth=0.8, label="original model")
+        ax.axhline(original + 1.0, color="grey", linestyle="--", linewidth=0.8, label="demo target: original + 1 nat")
+        ax.set_xlabel("training tokens")
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("held-out ShareGPT CE, assistant tokens (nat)")
+    fig.suptitle("SmolLM2-135M DyT: the demo's recovery step, screened (48 held-out conversations)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{args.work / 'recovery.yaml'} is missing: run `python {sys.argv[0]} prepare` first")
         run(args.work, args.names, screen, args.threads)
     else:
-        plot(collect(args.work, variants, args.out), args.out.with_suffix(".png"))
+        plot(collect(args.work, screen, args.out), args.out.with_suffix(".png"))
         print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 

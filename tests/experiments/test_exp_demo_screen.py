@@ -33,11 +33,12 @@ def test_collect_builds_curves_from_metrics_and_keeps_earlier_variants(tmp_path:
     variants = {"fast": {"description": "the recipe at 2x", "keys": {"learning_rate": 1.6e-4}},
                 "never-run": {"description": "no run directory", "keys": {"adam_beta2": 0.95}}}
 
-    result = screen.collect(work, variants, out)
+    result = screen.collect(work, {"base": "the recipe now", "variants": variants}, out)
 
     assert result["variants"]["fast"]["curve"] == [{"step": 4, "tokens": 2800, "eval_loss": 3.5123},
                                                    {"step": 8, "tokens": 5600, "eval_loss": 3.2}]
     assert result["variants"]["fast"]["keys"] == {"learning_rate": 1.6e-4}
+    assert result["variants"]["fast"]["base"] == "the recipe now"
     assert result["variants"]["old"]["curve"][0]["eval_loss"] == 3.3  # no run here: kept as it was
     assert "never-run" not in result["variants"]
     assert result["base_config_now"]["max_steps"] == 8

@@ -20,9 +20,10 @@ def recovery():
 
 
 def _write_run(run, *, finished: bool, resumed: bool = False, summary_step: int = 8,
-               status: str = "completed") -> None:
+               status: str = "completed", **config) -> None:
     run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": "m", "learning_rate": 1e-5, "data": {"source": "x"}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "m", "learning_rate": 1e-5, "data": {"source": "x"},
+                                                     **config}))
     rows = []
     for step in range(0, 9):
         if step:
@@ -137,3 +138,10 @@ def test_an_arm_with_max_steps_runs_by_steps_not_by_a_token_budget(recovery, tmp
                                                                                        "lr_scheduler_type")},
                                  {}, data, {"ours-linear": "dyt-dir"}, settings)
     assert budget["max_train_tokens"] == 2_000_000 and budget["max_steps"] == 10**6
+
+
+def test_an_arm_run_by_steps_is_complete_at_its_last_step_not_at_the_token_budget(recovery, tmp_path):
+    _write_run(tmp_path / "done", finished=True, max_steps=8)
+    assert "partial" not in recovery.collect_arm(tmp_path / "done", budget=2_000_000)  # 800 tokens, all 8 steps
+    _write_run(tmp_path / "short", finished=True, max_steps=16)
+    assert recovery.collect_arm(tmp_path / "short", budget=800)["partial"] == "stopped at step 8 of 16"

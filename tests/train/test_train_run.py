@@ -141,6 +141,10 @@ def test_lr_multiplier_groups() -> None:
     assert all(n.startswith("model.layers.0.") for n in by_group["decay*0.1"])
     with pytest.raises(DytuneError, match=r"'model.blocks.\*' match no trainable parameter"):
         param_groups(model, 1e-3, 0.0, lr_multipliers={"model.blocks.*": 0.5})
+    from dytune.train.trainable import freeze_zero_multipliers
+
+    with pytest.raises(DytuneError, match=r"'model.blocks.\*' match no trainable parameter"):
+        freeze_zero_multipliers(model, {"model.blocks.*": 0.0})  # what a run checks a 0 glob with
 
 
 @pytest.mark.parametrize("value,message", [("layers.0", "GLOB=MULT"), ("a=x", "not a number"),
@@ -384,4 +388,3 @@ def test_best_checkpoint_is_found_after_the_atomic_rename(quick, tmp_path, caplo
     state = json.loads(sorted((tmp_path / "best").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     assert state["best_model_checkpoint"] == str(tmp_path / "best" / f"checkpoint-{state['best_global_step']}")
     assert "Could not locate the best model" not in caplog.text
-

@@ -219,7 +219,11 @@ def collect_arm(run: Path, budget: int) -> dict:
            "train_tokens": summary.get("train_tokens", trained[-1]["tokens"] if trained else 0),
            "steps": summary.get("global_step", rows[-1]["step"] if rows else 0),
            "skipped_steps": summary.get("skipped_steps", 0), "tokens_per_second": summary.get("tokens_per_second")}
-    if not summary or out["train_tokens"] < budget:
+    steps = settings.get("max_steps") or 0
+    if steps and steps < 10**6:  # an arm run by steps (arm_config): done at its last step, whatever the tokens
+        if not summary or out["steps"] < steps:
+            out["partial"] = f"stopped at step {out['steps']:,} of {steps:,}{'' if summary else why}"
+    elif not summary or out["train_tokens"] < budget:
         out["partial"] = f"stopped at {out['train_tokens']:,} of {budget:,} training tokens{'' if summary else why}"
     return out
 
