@@ -58,15 +58,12 @@ def run(work: Path, names: list[str], screen: dict, threads: int | None) -> None
 
 
 def curve(run_dir: Path) -> list[dict]:
-    """(step, training tokens, held-out CE) at every evaluation of a run."""
-    from dytune.train.callbacks import read_metrics
+    """(step, training tokens, held-out CE) at every evaluation of a run, one per step: the recovery benchmark's
+    reading of a run directory (`collect_arm`)."""
+    from dytune.experiments.recovery import collect_arm
 
-    points = {}  # by step: the end-of-training evaluation can repeat the last one
-    for row in read_metrics(run_dir / "metrics.jsonl"):
-        if "eval_loss" in row:
-            points[row["step"]] = {"step": row["step"], "tokens": row.get("num_input_tokens_seen", 0),
-                                   "eval_loss": round(row["eval_loss"], 4)}
-    return sorted(points.values(), key=lambda p: p["step"])
+    return [{"step": p["step"], "tokens": p["tokens"], "eval_loss": round(p["ce"], 4)}
+            for p in collect_arm(run_dir, budget=0)["curve"]]
 
 
 def collect(work: Path, screen: dict, out: Path) -> dict:

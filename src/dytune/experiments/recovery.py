@@ -23,6 +23,7 @@ from dytune.experiments.runs import find_twin
 
 # an arm's own keys (see arms.yaml); every other key is a TrainConfig key
 ARM_KEYS = ("source", "twin", "local", "local_params", "alpaca_weight", "calibrate_on_training_alpaca")
+NO_STEP_LIMIT = 10**6  # max_steps of an arm stopped by its token budget (arm_config), not by a step count
 SOURCE_KEYS = ("calibration_records", "calibration_sharegpt")  # a source's own keys; the rest are ConvertConfig's
 
 
@@ -146,7 +147,7 @@ def arm_config(name: str, arm: dict, base: dict, data: dict, models: dict[str, s
     work = Path(settings["work"])
     values = dict(base, **spec)
     values.update(
-        model=model, output_dir=str(work / name), overwrite=True, max_steps=steps or 10**6,
+        model=model, output_dir=str(work / name), overwrite=True, max_steps=steps or NO_STEP_LIMIT,
         max_train_tokens=0 if steps else settings["tokens"],
         data={"source": [data["paths"]["sharegpt"], alpaca],
               "val_source": data["paths"]["heldout"], "max_length": settings["max_length"], "seed": 0},
@@ -220,7 +221,7 @@ def collect_arm(run: Path, budget: int) -> dict:
            "steps": summary.get("global_step", rows[-1]["step"] if rows else 0),
            "skipped_steps": summary.get("skipped_steps", 0), "tokens_per_second": summary.get("tokens_per_second")}
     steps = settings.get("max_steps") or 0
-    if steps and steps < 10**6:  # an arm run by steps (arm_config): done at its last step, whatever the tokens
+    if steps and steps < NO_STEP_LIMIT:  # run by steps (arm_config): done at its last step, whatever the tokens
         if not summary or out["steps"] < steps:
             out["partial"] = f"stopped at step {out['steps']:,} of {steps:,}{'' if summary else why}"
     elif not summary or out["train_tokens"] < budget:
