@@ -66,6 +66,21 @@ def test_fit_alpha_recovers_known_alpha_with_and_without_affine_refit(monkeypatc
     torch.testing.assert_close(result.beta, torch.full_like(new_gamma, 0.1), atol=1e-3, rtol=1e-3)
 
 
+def test_golden_search_finds_each_elements_minimum_with_one_evaluation_a_step():
+    from dytune.conversion.init.calibrate import GOLDEN_STEPS, _golden
+
+    best = torch.tensor([0.11, 0.5, 0.93, 2.0])  # one minimum near each end of the bracket, two inside
+    calls = []
+
+    def error(alpha):
+        calls.append(alpha)
+        return (alpha.log() - best.log()).pow(2)
+
+    found = _golden(error, torch.full((4,), 0.1), torch.full((4,), 2.1))
+    torch.testing.assert_close(found, best, rtol=2e-4, atol=0)
+    assert len(calls) == GOLDEN_STEPS + 2
+
+
 def test_sink_weights_mark_the_first_real_token_for_either_padding_side():
     right = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
     left = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "attention_mask": torch.tensor([[0, 0, 1, 1]])}
@@ -111,16 +126,16 @@ def test_each_refit_level_brings_the_logits_closer(arch):
 def test_linear_refit_runs_each_block_to_its_end_only_when_it_needs_the_output():
     """The refit reads each site's input and each output projection's input from runs that stop there, and
     the original sub-layers' outputs from the one run of the original block; the last linear of a block
-    (down_proj) runs in full forwards only: find_norms' trace, the consumer traces (one batch per site), the final
-    run of the block (one per batch) and the final norm's probe (one batch: it reads the last block's output,
-    which that final run computed). The unoptimised loop ran it 5 times per batch."""
+    (down_proj) runs in full forwards only: find_norms' trace, the final run of the block (one per batch) and the
+    final norm's probe (one batch: it reads the last block's output, which that final run computed). The consumers
+    are traced once, on the original block. The unoptimised loop ran it 5 times per batch."""
     model = tiny_model("llama")
     down = model.model.layers[0].mlp.down_proj
     calls = []  # the original block's copy carries the hook too: count the converted block's own runs only
     down.register_forward_hook(lambda m, a, out: calls.append(m) if m is down else None)
     dytune.convert(model, tokenizer=tiny_tokenizer(), calibration=TEXTS, calibration_refit="linear", progress=False)
     batches = -(-len(TEXTS) // 4)  # calibration_batches' batch size
-    assert len(calls) == batches + 4, len(calls)
+    assert len(calls) == batches + 2, len(calls)
 
 
 def test_record_calls_stops_after_the_output_when_outputs_are_kept():

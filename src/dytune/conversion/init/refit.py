@@ -72,16 +72,18 @@ def logit_metric_affine(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None
 
 def ridge_solve(x: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None, ridge: float = 1e-3,
                 prior: torch.Tensor | None = None) -> torch.Tensor:
-    """B minimising sum_rows w * ||x B - target||^2 + ridge * mean(diag(x^T x)) * ||B - prior||^2 (float64;
-    prior 0 when None): along directions the rows rarely use, B stays at the prior instead of growing."""
-    x, target = x.double(), target.double()
+    """B minimising sum_rows w * ||x B - target||^2 + ridge * mean(diag(x^T x)) * ||B - prior||^2 (prior 0 when
+    None): along directions the rows rarely use, B stays at the prior instead of growing. The products over the
+    rows run in float32, the solve in float64 (returned): float32's rounding of x^T x is ~1e-6 of its entries,
+    far below the ridge, and its matmuls run ~2x float64's."""
+    x, target = x.float(), target.float()
     if w is not None:
-        root = (w.double() / w.double().mean()).sqrt().unsqueeze(1)
+        root = (w.float() / w.float().mean()).sqrt().unsqueeze(1)
         x, target = x * root, target * root
-    gram = x.T @ x
+    gram = (x.T @ x).double()
     strength = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
     gram.diagonal().add_(strength)
-    rhs = x.T @ target
+    rhs = (x.T @ target).double()
     if prior is not None:
         rhs = rhs + strength * prior.double().to(rhs.device)
     return torch.linalg.solve(gram, rhs)
