@@ -2,12 +2,14 @@
 
     python benchmarks/demo_screen.py prepare                     # the demo's data, conversion and recovery config
     python benchmarks/demo_screen.py run lr-1.6e-4 --threads 1   # one variant (start several, one thread each)
+    python benchmarks/demo_screen.py prepare calibration-32k     # a variant with its own `settings:` (conversion)
     python benchmarks/demo_screen.py collect                     # -> results/demo_recovery_screen.json + .png
 
 `prepare` runs the demo's first steps (`dytune demo`'s data split, conversion and recovery config, from
 `DemoSettings`) into --work. Each variant of `configs/benchmarks/demo_screen.yaml` is that config plus its keys,
 trained with `dytune train` into --work/NAME; its validation set is the demo's 48 held-out conversations, so its
-eval loss is the demo's "after recovery" number. `collect` reads every variant's metrics.jsonl into the JSON (one
+eval loss is the demo's "after recovery" number. A variant with `settings:` (`DemoSettings` fields, such as the
+calibration size) trains from its own start, which `prepare NAME` writes into --work/NAME-start. `collect` reads every variant's metrics.jsonl into the JSON (one
 curve of held-out CE against training tokens per variant; variants of the file with no run here are kept) and
 plots it, every evaluation a point.
 """
@@ -27,12 +29,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ROOT / "configs" / "benchmarks" / "demo_screen.yaml"
 
 
-def prepare(work: Path) -> None:
+def prepare(work: Path, settings_overrides: dict | None = None) -> None:
     from dytune.experiments.demo import DemoSettings, convert_and_save, held_out_ce, prepare_data, recovery_config
     from dytune.data import tokenize_conversations
     from dytune.models import load_model, load_tokenizer
 
-    settings = DemoSettings()
+    settings = DemoSettings(**(settings_overrides or {}))
     train, held, counts = prepare_data(settings, work)
     tokenizer, model = load_tokenizer(settings.model), load_model(settings.model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -43,16 +45,25 @@ def prepare(work: Path) -> None:
     convert_and_save(settings, config, model, tokenizer, train)
     before, _ = held_out_ce(model, held_tok, pad, "held-out CE, DyT before recovery")
     (work / "recovery.yaml").write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
-    (work / "start.json").write_text(json.dumps({"original_ce": original, "before_ce": before, **counts}) + "\n")
+    (work / "start.json").write_text(json.dumps({"original_ce": original, "before_ce": before, **counts,
+                                                 "settings": settings_overrides or {}}) + "\n")
     print(f"original {original:.4f}, DyT before recovery {before:.4f}; config {work / 'recovery.yaml'}")
+
+
+def start_dir(work: Path, variant: dict, name: str) -> Path:
+    """Where a variant's converted model and recovery config are: its own (`prepare NAME`) if it changes the demo's
+    settings (`settings:`, e.g. the calibration size), else the shared one of `prepare`."""
+    return work / f"{name}-start" if variant.get("settings") else work
 
 
 def run(work: Path, names: list[str], screen: dict, threads: int | None) -> None:
     from dytune.train import TrainConfig, train
 
-    base = {**yaml.safe_load((work / "recovery.yaml").read_text()), **screen.get("shared", {})}
     for name in names:
-        values = {**base, **screen["variants"][name]["keys"], "output_dir": str(work / name), "overwrite": True,
+        variant = screen["variants"][name]
+        base = {**yaml.safe_load((start_dir(work, variant, name) / "recovery.yaml").read_text()),
+                **screen.get("shared", {})}
+        values = {**base, **variant["keys"], "output_dir": str(work / name), "overwrite": True,
                   "threads": threads, "disable_tqdm": True}
         train(TrainConfig(**values))
 
@@ -75,6 +86,9 @@ def collect(work: Path, screen: dict, out: Path) -> dict:
         if (work / name / "metrics.jsonl").is_file():
             result["variants"][name] = {"description": variant["description"], "keys": variant["keys"],
                                         "base": screen["base"], "curve": curve(work / name)}
+            if variant.get("settings"):  # its own conversion: keep its start
+                own = json.loads((start_dir(work, variant, name) / "start.json").read_text())
+                result["variants"][name].update(settings=variant["settings"], before_ce=round(own["before_ce"], 4))
     if base.is_file():
         result["base_config_now"] = yaml.safe_load(base.read_text())
     if start:
@@ -115,7 +129,8 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["prepare", "run", "collect"])
-    p.add_argument("names", nargs="*", help="variants to run (run)")
+    p.add_argument("names", nargs="*", help="variants to run (run), or to prepare their own start (prepare: those "
+                                            "with `settings:`)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "demo-screen")
     p.add_argument("--variants", type=Path, default=VARIANTS)
     p.add_argument("--threads", type=int, default=None)
@@ -124,14 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     screen = yaml.safe_load(args.variants.read_text())
     variants = screen["variants"]
     if args.action == "prepare":
-        args.work.mkdir(parents=True, exist_ok=True)
-        prepare(args.work)
+        for name in args.names:
+            if not variants.get(name, {}).get("settings"):
+                p.error(f"{name!r} has no `settings:` in {args.variants}: it trains from the shared start")
+        for name in args.names or [None]:
+            work = start_dir(args.work, variants[name], name) if name else args.work
+            work.mkdir(parents=True, exist_ok=True)
+            prepare(work, variants[name]["settings"] if name else None)
     elif args.action == "run":
         unknown = [n for n in args.names if n not in variants]
         if unknown or not args.names:
             p.error(f"name variants of {args.variants}: {', '.join(variants)} (got {unknown or 'none'})")
-        if not (args.work / "recovery.yaml").is_file():
-            p.error(f"{args.work / 'recovery.yaml'} is missing: run `python {sys.argv[0]} prepare` first")
+        for name in args.names:
+            start = start_dir(args.work, variants[name], name)
+            if not (start / "recovery.yaml").is_file():
+                again = f"prepare {name}" if start != args.work else "prepare"
+                p.error(f"{start / 'recovery.yaml'} is missing: run `python {sys.argv[0]} {again}` first")
         run(args.work, args.names, screen, args.threads)
     else:
         plot(collect(args.work, screen, args.out), args.out.with_suffix(".png"))

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,3 +46,30 @@ def test_collect_builds_curves_from_metrics_and_keeps_earlier_variants(tmp_path:
     assert json.loads(out.read_text()) == result
     screen.plot(result, tmp_path / "screen.png")
     assert (tmp_path / "screen.png").stat().st_size > 10_000
+
+
+def test_a_variant_with_settings_trains_from_and_reports_its_own_start(tmp_path: Path, capsys) -> None:
+    screen = _screen_module()
+    work, out = tmp_path / "work", tmp_path / "screen.json"
+    own = work / "cal-start"
+    (work / "cal").mkdir(parents=True)
+    own.mkdir()
+    (work / "cal" / "metrics.jsonl").write_text(json.dumps({"step": 8, "eval_loss": 3.1,
+                                                            "num_input_tokens_seen": 5600}) + "\n")
+    (own / "start.json").write_text(json.dumps({"original_ce": 1.9, "before_ce": 3.654321}))
+    variant = {"description": "more calibration", "settings": {"calibration_texts": 192}, "keys": {}}
+    variants = {"cal": variant, "plain": {"description": "the recipe", "keys": {}}}
+
+    assert screen.start_dir(work, variant, "cal") == own
+    assert screen.start_dir(work, variants["plain"], "plain") == work
+    result = screen.collect(work, {"base": "b", "variants": variants}, out)
+    assert result["variants"]["cal"]["before_ce"] == 3.6543
+    assert result["variants"]["cal"]["settings"] == {"calibration_texts": 192}
+
+    config = tmp_path / "screen.yaml"
+    config.write_text(yaml.safe_dump({"base": "b", "variants": variants}))
+    for argv, message in ((["prepare", "plain"], "'plain' has no `settings:`"),
+                          (["run", "cal"], "prepare cal` first")):
+        with pytest.raises(SystemExit) as stop:
+            screen.main([*argv, "--work", str(work), "--variants", str(config)])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
