@@ -48,10 +48,10 @@ class DemoSettings:
     conversations: int = 800  # read from the ShareGPT file (the first usable ones, in file order)
     val_fraction: float = 0.06  # held out, whole conversations (48: the same draw since the fourth session)
     max_length: int = 192  # tokens per conversation (training and evaluation)
-    calibration_texts: int = 96
-    calibration_tokens: int = 16384
+    calibration_texts: int = 192  # the first training conversations; 96 (16k tokens) started 0.5 nat further away
+    calibration_tokens: int = 32768
     recipe: str = "recover"  # the training recipe (dytune/recipes), conversion included; the sizes here on top
-    steps: int = 188  # 1 epoch of the 752 training conversations at batch 4
+    steps: int = 136  # at batch 4, 0.9 epoch of the 599 training conversations with an assistant token in 192
     batch_size: int = 4
     reconstruct_tokens: int = 6144  # if the recipe reconstructs blocks: tokens cached for it
     overrides: dict = field(default_factory=dict)  # any TrainConfig key on top of the recipe (experiments, tests)
