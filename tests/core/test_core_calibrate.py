@@ -66,6 +66,19 @@ def test_fit_alpha_recovers_known_alpha_with_and_without_affine_refit(monkeypatc
     torch.testing.assert_close(result.beta, torch.full_like(new_gamma, 0.1), atol=1e-3, rtol=1e-3)
 
 
+def test_per_channel_alpha_with_affine_refit_recovers_each_channels_alpha():
+    model = tiny_model("llama")
+    site = find_norms(model)[0]
+    torch.manual_seed(0)
+    x = torch.randn(3000, site.hidden_size) * 2
+    alphas = torch.logspace(-1, 0.3, site.hidden_size)  # 0.1 .. 2, several grid steps apart
+    new_gamma = torch.linspace(0.5, 3.0, site.hidden_size)  # not the norm's: the refit must find it
+    result = fit_alpha(x, site, per_channel=True, target=new_gamma * torch.tanh(alphas * x), refit_affine=True)
+    torch.testing.assert_close(result.alpha, alphas, rtol=2e-3, atol=0)
+    torch.testing.assert_close(result.gamma, new_gamma, rtol=2e-3, atol=0)
+    assert result.rel_error < 1e-6
+
+
 def test_golden_search_finds_each_elements_minimum_with_one_evaluation_a_step():
     from dytune.conversion.init.calibrate import GOLDEN_STEPS, _golden
 

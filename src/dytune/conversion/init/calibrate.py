@@ -57,7 +57,8 @@ def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, tar
     for the best fit after that refit (variable projection); otherwise they stay the norm's exact values.
 
     The coarse grid runs on an evenly strided subset of tokens and the golden-section refinement on a
-    larger one: the grid's tanh evaluations (grid points x tokens x hidden) dominate the conversion time.
+    larger one; their tanh evaluations (points x tokens x hidden) are what the fit costs (docs/conversion.md,
+    "Conversion speed").
     """
     x, y, w, denom = _fit_rows(x, site, target, weights)
     gamma, beta = site.gamma().to(x.device), site.beta()
@@ -79,8 +80,8 @@ def fit_alpha(x: torch.Tensor, site: NormSite, per_channel: bool = False, *, tar
         best = errors.argmin(0)  # (hidden,)
         lo = grid[(best - 1).clamp_min(0)]
         hi = grid[(best + 1).clamp_max(len(grid) - 1)]
-        # per-channel alpha keeps gamma fixed in its search (a joint per-channel search is degenerate)
-        alpha = _golden(lambda a: (dyt_output(x, a, gamma, beta) - y).pow(2).mean(0), lo, hi)
+        # each channel refined on the grid's objective, within its own bracket of two grid steps
+        alpha = _golden(lambda a: errors_on(x, y, w, a), lo, hi)
     else:
         best = int(errors.mean(1).argmin())
         lo = grid[max(best - 1, 0)].reshape(1)
