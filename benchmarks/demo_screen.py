@@ -9,9 +9,9 @@
 `DemoSettings`) into --work. Each variant of `configs/benchmarks/demo_screen.yaml` is that config plus its keys,
 trained with `dytune train` into --work/NAME; its validation set is the demo's 48 held-out conversations, so its
 eval loss is the demo's "after recovery" number. A variant with `settings:` (`DemoSettings` fields, such as the
-calibration size) trains from its own start, which `prepare NAME` writes into --work/NAME-start. `collect` reads every variant's metrics.jsonl into the JSON (one
-curve of held-out CE against training tokens per variant; variants of the file with no run here are kept) and
-plots it, every evaluation a point.
+calibration size) trains from its own start, which `prepare NAME` writes into --work/NAME-start. `collect` reads
+every variant's metrics.jsonl into the JSON (one curve of held-out CE against training tokens per variant;
+variants of the file with no run here are kept) and plots it, every evaluation a point.
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ def collect(work: Path, screen: dict, out: Path) -> dict:
             result["variants"][name] = {"description": variant["description"], "keys": variant["keys"],
                                         "base": screen["base"], "curve": curve(work / name)}
             if variant.get("settings"):  # its own conversion: keep its start
-                own = json.loads((start_dir(work, variant, name) / "start.json").read_text())
-                result["variants"][name].update(settings=variant["settings"], before_ce=round(own["before_ce"], 4))
+                result["variants"][name]["settings"] = variant["settings"]
+                own = start_dir(work, variant, name) / "start.json"
+                if own.is_file():
+                    result["variants"][name]["before_ce"] = round(json.loads(own.read_text())["before_ce"], 4)
     if base.is_file():
         result["base_config_now"] = yaml.safe_load(base.read_text())
     if start:
@@ -113,6 +115,8 @@ def plot(result: dict, path: Path) -> None:
         title = f"against {base}"
         for name, variant in variants.items():
             points = [p for p in variant["curve"] if p["tokens"]]
+            if "before_ce" in variant:  # its own start, at 0 training tokens
+                points = [{"tokens": 0, "eval_loss": variant["before_ce"]}, *points]
             ax.plot([p["tokens"] for p in points], [p["eval_loss"] for p in points], marker="o", ms=3, label=name)
         ax.axhline(original, color="grey", linestyle=":", linewidth=0.8, label="original model")
         ax.axhline(original + 1.0, color="grey", linestyle="--", linewidth=0.8, label="demo target: original + 1 nat")
@@ -140,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = screen["variants"]
     if args.action == "prepare":
         for name in args.names:
-            if not variants.get(name, {}).get("settings"):
+            if name not in variants:
+                p.error(f"unknown variant {name!r}: {', '.join(variants)}")
+            if not variants[name].get("settings"):
                 p.error(f"{name!r} has no `settings:` in {args.variants}: it trains from the shared start")
         for name in args.names or [None]:
             work = start_dir(args.work, variants[name], name) if name else args.work

@@ -69,6 +69,7 @@ def test_a_variant_with_settings_trains_from_and_reports_its_own_start(tmp_path:
     config = tmp_path / "screen.yaml"
     config.write_text(yaml.safe_dump({"base": "b", "variants": variants}))
     for argv, message in ((["prepare", "plain"], "'plain' has no `settings:`"),
+                          (["prepare", "nope"], "unknown variant 'nope'"),
                           (["run", "cal"], "prepare cal` first")):
         with pytest.raises(SystemExit) as stop:
             screen.main([*argv, "--work", str(work), "--variants", str(config)])
