@@ -9,7 +9,7 @@ import dytune
 from dytune.conversion.init.calibrate import _sink_weights, fit_alpha
 from dytune.errors import DytuneError
 from dytune.norms import find_norms
-from dytune.conversion.init.refit import affine_fit, find_consumers, logit_metric_affine
+from dytune.conversion.init.refit import affine_fit, logit_metric_affine, trace_consumers
 from dytune.testing import run_in_fresh_process, tiny_model, tiny_tokenizer
 
 TEXTS = [f"The quick brown fox number {i} jumps over the lazy dog, again and again." for i in range(24)]
@@ -107,13 +107,14 @@ def test_sink_weights_mark_the_first_real_token_for_either_padding_side():
     ("gpt2", "ln_2", ["mlp.c_fc"], "mlp.c_proj"),
     ("gpt_neox", "post_attention_layernorm", ["mlp.dense_h_to_4h"], "mlp.dense_4h_to_h"),
 ])
-def test_find_consumers_traces_who_reads_the_norm(arch, norm, consumers, out_proj):
+def test_trace_consumers_finds_who_reads_the_norm(arch, norm, consumers, out_proj):
     model = tiny_model(arch)
     blocks = dict(model.named_modules())
     prefix = next(n for n in blocks if n.endswith(".0") and n.count(".") <= 2 and hasattr(blocks[n], norm))
     block = blocks[prefix]
     names = {m: n for n, m in block.named_modules()}
-    found, out = find_consumers(block, getattr(block, norm), lambda: model(torch.tensor([[1, 5, 9, 30]])))
+    found, out = trace_consumers(block, {norm: getattr(block, norm)},
+                                 lambda: model(torch.tensor([[1, 5, 9, 30]])))[norm]
     assert sorted(names[m] for m in found) == sorted(consumers)
     assert names[out] == out_proj
 

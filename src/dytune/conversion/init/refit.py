@@ -147,18 +147,11 @@ def refit_output_projection(lin: nn.Module, inputs: torch.Tensor, target: torch.
 
 
 @torch.no_grad()
-def find_consumers(block: nn.Module, norm: nn.Module, run_block) -> tuple[list[nn.Module], nn.Module | None]:  # noqa: ANN001
-    """Linear layers of `block` whose input *is* `norm`'s output, and the output projection of their
-    sub-layer (the last linear that runs inside the consumers' common parent). Found from one traced forward
-    (`run_block()`), so names and families do not matter."""
-    return trace_consumers(block, {"norm": norm}, run_block)["norm"]
-
-
-@torch.no_grad()
 def trace_consumers(root: nn.Module, norms: dict[str, nn.Module], run  # noqa: ANN001
                     ) -> dict[str, tuple[list[nn.Module], nn.Module | None]]:
-    """`find_consumers` for several norm modules at once, over the linear layers under `root`, from one traced
-    forward (`run()`): {key: (consumers, output projection or None)}."""
+    """For each norm module, the linear layers under `root` whose input *is* that norm's output, and the output
+    projection of their sub-layer (the last linear that runs inside the consumers' common parent), from one traced
+    forward (`run()`), so names and families do not matter: {key: (consumers, output projection or None)}."""
     produced: dict[int, str] = {}  # id of a norm's output tensor -> its key
     kept: list[torch.Tensor] = []  # hold the outputs so that their ids stay unique during the trace
     consumers: dict[str, list[nn.Module]] = {key: [] for key in norms}
