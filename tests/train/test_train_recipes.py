@@ -8,12 +8,21 @@ import yaml
 from dytune.errors import DytuneError
 from dytune.train import TrainConfig
 from dytune.train.config import DYT_ONLY_KEYS, parse_config, parse_lr_multipliers
+from dytune.train.precision import resolve_bf16
 from dytune.train.recipes import DEFAULT_RECIPE, load_recipe, recipe_names
 
 
 def _value(cfg: TrainConfig, key: str):  # noqa: ANN202
     value = getattr(cfg, key)
     return getattr(value, "value", value)  # enums (lr_scheduler_type) compare by their string
+
+
+def _expected(key: str, value):  # noqa: ANN202
+    if key == "lr_multipliers":
+        return parse_lr_multipliers(value)
+    if key == "bf16":  # true, false or auto, resolved on this machine (test_train_precision)
+        return resolve_bf16(value, "cpu")[0]
+    return value
 
 
 @pytest.mark.parametrize("name", recipe_names())
@@ -23,8 +32,7 @@ def test_each_recipe_resolves_to_the_settings_it_names(name, tmp_path):
     assert preset, name
     assert cfg.recipe == name
     for key, expected in preset.items():
-        expected = parse_lr_multipliers(expected) if key == "lr_multipliers" else expected
-        assert _value(cfg, key) == expected, (name, key)
+        assert _value(cfg, key) == _expected(key, expected), (name, key)
 
 
 def test_the_shipped_recipes_include_the_default_and_the_study():
@@ -38,8 +46,7 @@ def test_dytune_train_without_a_recipe_takes_the_default(tmp_path):
     cfg = parse_config(None, ["--output_dir", str(tmp_path)])
     assert cfg.recipe == DEFAULT_RECIPE
     for key, expected in load_recipe(DEFAULT_RECIPE).items():
-        expected = parse_lr_multipliers(expected) if key == "lr_multipliers" else expected
-        assert _value(cfg, key) == expected, key
+        assert _value(cfg, key) == _expected(key, expected), key
 
 
 def test_file_and_flags_override_the_recipe(tmp_path):

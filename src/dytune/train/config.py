@@ -25,6 +25,7 @@ from transformers.training_args import OptimizerNames
 
 from dytune.conversion.config import ConvertConfig
 from dytune.errors import DytuneError
+from dytune.train.precision import AUTO, resolve_bf16
 
 MODES = ("full", "lora", "lora+dyt", "dyt-only")
 NORMS = ("layernorm", "dyt")
@@ -151,7 +152,8 @@ class TrainConfig(TrainingArguments, ConvertConfig):
     save_steps: float = field(default=100, metadata={"help": "checkpoint every K steps"})
     save_total_limit: int | None = field(default=2, metadata={"help": "keep at most L checkpoints"})
     # TRL's SFTConfig turns these on by default even on CPU; dytune says what it means.
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU, or CPU autocast)"})
+    bf16: bool | str = field(default=False, metadata={"help": "bf16 mixed precision (GPU, or CPU autocast): true, "
+                             "false, or auto (on where bf16 is fast: CUDA with bf16, CPUs with AMX or AVX512-BF16)"})
     fp16: bool = field(default=False, metadata={"help": "fp16 mixed precision (CUDA only)"})
     activation_checkpointing: bool | None = field(default=False, metadata={"help": "recompute activations"})
     prediction_loss_only: bool = field(default=True, metadata={"help": "validation keeps no logits (memory)"})
@@ -218,6 +220,8 @@ class TrainConfig(TrainingArguments, ConvertConfig):
             # Without use_cpu, transformers under torchrun on a CPU machine starts one independent single-process
             # run per rank (world size 1, all writing the same directory); it also refuses bf16 without a GPU.
             self.use_cpu = True
+        device = "cpu" if self.use_cpu else "cuda" if cuda else "xpu / mps"
+        self.bf16, self.bf16_note = resolve_bf16(self.bf16, device)  # the note is for the run's log
         super().__post_init__()
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.world_size != launched:
@@ -400,6 +404,20 @@ def _split_data_flags(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     return rest, data
 
 
+def _split_bf16_auto(argv: list[str]) -> tuple[list[str], bool]:
+    """Pull `--bf16 auto` (or `--bf16=auto`) out of argv: HfArgumentParser parses bf16 as a bool."""
+    rest, auto, i = [], False, 0
+    while i < len(argv):
+        if argv[i].lower() == f"--bf16={AUTO}":
+            auto = True
+        elif argv[i] == "--bf16" and i + 1 < len(argv) and argv[i + 1].lower() == AUTO:
+            auto, i = True, i + 1
+        else:
+            rest.append(argv[i])
+        i += 1
+    return rest, auto
+
+
 def parse_config(config_file: str | Path | None = None, argv: list[str] | None = None,
                  **overrides: Any) -> TrainConfig:
     """YAML file (optional) < command-line flags (`argv`, HfArgumentParser syntax) < keyword overrides."""
@@ -411,6 +429,7 @@ def parse_config(config_file: str | Path | None = None, argv: list[str] | None =
     if unknown:
         raise _unknown_key_error(unknown, str(config_file))
     argv, data_flags = _split_data_flags(list(argv or []))
+    argv, bf16_auto = _split_bf16_auto(argv)
     parser = HfArgumentParser(TrainConfig)
     # Defaults become a marker so that only flags really given override the file (argparse would also run a
     # YAML string such as "non_padding" through a field's type if it were set as a default).
@@ -426,6 +445,8 @@ def parse_config(config_file: str | Path | None = None, argv: list[str] | None =
         data = _data_mapping(kwargs.get("data"))
         data.update(data_flags)
         kwargs["data"] = data
+    if bf16_auto:
+        kwargs["bf16"] = AUTO
     kwargs.update(overrides)
     from dytune.train.recipes import with_recipe
 

@@ -354,6 +354,8 @@ class TrainRecipe:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         checkpoint = _resume_checkpoint(cfg, run)
+        if getattr(cfg, "bf16_note", None):
+            _log(cfg, cfg.bf16_note)
         created = not run.exists()
         run.mkdir(parents=True, exist_ok=True)
         set_seed(cfg.seed)
