@@ -10,6 +10,9 @@ see the same machine load. Reports training tokens/s of each, the per-step loss 
 float32 run's own step-to-step noise, and whether every alpha moved. The float32 run is the path before bf16
 work (eager loss); the bf16 run is the bf16 path as `bf16: true` trains: autocast, the frozen teacher's weights
 in bf16, CE and KL compiled (`compile_loss`). Writes benchmarks/results/train_bf16.json.
+
+On a CPU without AMX or AVX512-BF16 (`machine.bf16_is_fast` in the JSON), compare with what `bf16: auto` trains
+there instead: `--float32-loss compiled --out benchmarks/results/train_bf16_no_amx.json`.
 """
 
 from __future__ import annotations
@@ -32,13 +35,21 @@ def run_block(name: str, args: argparse.Namespace, data: dict, start: str, until
 
     train(TrainConfig(
         model=start, teacher=args.model, norm="dyt", mode="full", distill=True, learning_rate=args.lr,
-        bf16=(name == "bf16"), compile_loss=(name == "bf16"), output_dir=str(args.work / name), overwrite=not resume, resume=resume,
+        bf16=(name == "bf16"), compile_loss=(name == "bf16" or args.float32_loss == "compiled"), output_dir=str(args.work / name), overwrite=not resume, resume=resume,
         max_steps=args.steps, data={"source": [data["sharegpt"], data["alpaca_train"]], "max_length": 512,
                                     "seed": 0, "val_fraction": 0.0},
         per_device_train_batch_size=4, lr_scheduler_type="constant_with_warmup", warmup_steps=2,
         weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="steps", save_steps=args.block,
         save_total_limit=1, eval_strategy="no", report_to="none", disable_tqdm=True, seed=0,
         threads=args.threads), callbacks=[StopAt(until)])
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), or platform's guess."""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    return names[0] if names else platform.processor()
 
 
 class StopAt(TrainerCallback):
@@ -63,12 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", type=int, default=10, help="steps per alternation block")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--float32-loss", choices=("eager", "compiled"), default="eager",
+                   help="the float32 run's loss: eager (the path before bf16 work) or compiled (what `bf16: auto` "
+                        "trains on a CPU without fast bf16)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_bf16.json")
     p.add_argument("--summarize-only", action="store_true",
                    help="train nothing: summarise the runs already in --work (the steps both have)")
     args = p.parse_args(argv)
 
     from dytune.train.callbacks import read_metrics
+    from dytune.train.precision import bf16_is_fast
 
     data = json.loads((args.recovery_work / "data.json").read_text())["data"]["paths"]
     start = args.start or str(args.recovery_work / "dyt-ours")
@@ -91,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     alphas = {name: {k: rs[-1][k] for k in rs[-1] if k.startswith("alpha/")} for name, rs in rows.items()}
     first = {k: v for k, v in rows["bf16"][0].items() if k.startswith("alpha/")}
     result = {
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+        "machine": {"platform": platform.platform(), "processor": cpu_name(), "torch": torch.__version__,
+                    "threads": args.threads, "bf16_is_fast": bf16_is_fast("cpu")},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "steps": steps,
         "tokens_per_second": speed, "speedup_bf16": speed["bf16"] / speed["float32"],
         "loss": loss, "loss_diff_mean": statistics.mean(diffs), "loss_diff_max_abs": max(abs(d) for d in diffs),
