@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from dytune.errors import DytuneError
@@ -21,7 +22,7 @@ def _expected(key: str, value):  # noqa: ANN202
     if key == "lr_multipliers":
         return parse_lr_multipliers(value)
     if key == "bf16":  # true, false or auto, resolved on this machine (test_train_precision)
-        return resolve_bf16(value, "cpu")[0]
+        return resolve_bf16(value, "cuda" if torch.cuda.is_available() else "cpu")[0]
     return value
 
 

@@ -1,6 +1,6 @@
 """`dytune demo [--fast] [--out runs/demo]`: SmolLM2-135M -> DyT -> recovery -> comparison -> report, offline.
 
-    dytune demo               # about 15 minutes on 2 idle CPU cores
+    dytune demo               # about 13 minutes on 2 idle AMX CPU cores, 25 without AMX
     dytune demo --fast        # about 3 minutes (what CI runs)
 """
 

