@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +40,6 @@ def run_block(name: str, args: argparse.Namespace, data: dict, start: str, until
         weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="steps", save_steps=args.block,
         save_total_limit=1, eval_strategy="no", report_to="none", disable_tqdm=True, seed=0,
         threads=args.threads), callbacks=[StopAt(until)])
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), or platform's guess."""
-    info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-             if line.startswith("model name")] if info.is_file() else []
-    return names[0] if names else platform.processor()
 
 
 class StopAt(TrainerCallback):
@@ -82,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: summarise the runs already in --work (the steps both have)")
     args = p.parse_args(argv)
 
+    from dytune.eval.speed import machine_info
     from dytune.train.callbacks import read_metrics
-    from dytune.train.precision import bf16_is_fast
 
     data = json.loads((args.recovery_work / "data.json").read_text())["data"]["paths"]
     start = args.start or str(args.recovery_work / "dyt-ours")
@@ -106,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     alphas = {name: {k: rs[-1][k] for k in rs[-1] if k.startswith("alpha/")} for name, rs in rows.items()}
     first = {k: v for k, v in rows["bf16"][0].items() if k.startswith("alpha/")}
     result = {
-        "machine": {"platform": platform.platform(), "processor": cpu_name(), "torch": torch.__version__,
-                    "threads": args.threads, "bf16_is_fast": bf16_is_fast("cpu")},
+        "machine": {**machine_info("cpu"), "threads": args.threads},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "steps": steps,
         "tokens_per_second": speed, "speedup_bf16": speed["bf16"] / speed["float32"],
         "loss": loss, "loss_diff_mean": statistics.mean(diffs), "loss_diff_max_abs": max(abs(d) for d in diffs),

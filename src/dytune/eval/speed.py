@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -61,8 +62,19 @@ def machine_info(device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     else:
-        info["processor"] = platform.processor() or platform.machine()
+        from dytune.train.precision import bf16_is_fast
+
+        info["processor"] = cpu_name()
+        info["bf16_is_fast"] = list(bf16_is_fast("cpu"))  # (fast?, why): whether bf16 numbers mean AMX here
     return info
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() says only 'x86_64' there), else platform's."""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:

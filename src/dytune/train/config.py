@@ -215,15 +215,15 @@ class TrainConfig(TrainingArguments, ConvertConfig):
         if self.fp16 and (self.use_cpu or not cuda):
             raise DytuneError("fp16 needs a CUDA GPU (fp16 mixed precision relies on CUDA's grad scaler); "
                               "on CPU train in float32 or with bf16: true (or auto)")
-        accelerator = cuda or (hasattr(torch, "xpu") and torch.xpu.is_available()) or torch.backends.mps.is_available()
+        xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+        accelerator = cuda or xpu or torch.backends.mps.is_available()
         if not accelerator:
             # Without use_cpu, transformers under torchrun on a CPU machine starts one independent single-process
             # run per rank (world size 1, all writing the same directory); it also refuses bf16 without a GPU.
             self.use_cpu = True
-        xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
         device = "cpu" if self.use_cpu else "cuda" if cuda else "xpu" if xpu else "mps"
-        self.bf16, self.bf16_note = resolve_bf16(self.bf16, device, fp16=self.fp16,  # the note is for the run's log
-                                                 recorded=self._recorded_bf16() if self.resume else None)
+        recorded = self._recorded_bf16() if self.resume and isinstance(self.bf16, str) else None  # for `auto`
+        self.bf16, self.bf16_note = resolve_bf16(self.bf16, device, fp16=self.fp16, recorded=recorded)  # note: the log
         super().__post_init__()
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.world_size != launched:
